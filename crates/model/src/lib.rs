@@ -1,0 +1,159 @@
+//! Plain data types shared by every netmod part. No I/O lives here.
+
+pub mod nft;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// The netgroup every endpoint may reach and be reached from.
+pub const PUBLIC_NETGROUP: &str = "public";
+
+/// Prefix of every host-side interface netmod creates (`nm` + 11 hex chars of a hash).
+pub const HOST_IFACE_PREFIX: &str = "nm";
+
+/// Route protocol number on every route netmod installs, so a restart can find its own.
+pub const ROUTE_PROTOCOL: u8 = 0x6e; // 110, 'n'
+
+/// The gateway every container routes through (answered by proxy ARP on the host side).
+pub const GATEWAY_V4: &str = "169.254.1.1";
+/// The IPv6 gateway: a fixed link-local address the host side of every veth carries.
+pub const GATEWAY_V6: &str = "fe80::1";
+
+/// An address pool, carved into host-affine blocks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub cidr: IpNet,
+    /// Prefix length of the blocks hosts claim from this pool.
+    pub block_prefix: u8,
+    /// Seconds a released address is held back before it can be handed out again.
+    pub quarantine_secs: u64,
+}
+
+impl Pool {
+    pub fn default_block_prefix(cidr: &IpNet) -> u8 {
+        match cidr {
+            IpNet::V4(_) => 26,
+            IpNet::V6(_) => 122,
+        }
+    }
+}
+
+/// Who holds an address and why: the attributes recorded with every allocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocAttrs {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub netgroups: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A host running `netmod node`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub name: String,
+    pub ip: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<IpAddr>,
+}
+
+/// A container plugged into the network on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub host: String,
+    pub container_id: String,
+    /// Host-side interface name.
+    pub iface: String,
+    /// Interface name inside the container (`eth0` for net-modules).
+    #[serde(default = "default_container_iface")]
+    pub container_iface: String,
+    pub mac: String,
+    #[serde(default)]
+    pub ipv4: Vec<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub ipv6: Vec<std::net::Ipv6Addr>,
+    #[serde(default)]
+    pub netgroups: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The namespace path the endpoint was plugged into.
+    #[serde(default)]
+    pub netns: String,
+    /// Which door created it: "mesos" or "cni".
+    #[serde(default)]
+    pub source: String,
+    /// Allocation handle holding the endpoint's addresses, when the door knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+}
+
+fn default_container_iface() -> String {
+    "eth0".to_string()
+}
+
+impl Endpoint {
+    pub fn addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ipv4
+            .iter()
+            .map(|a| IpAddr::V4(*a))
+            .chain(self.ipv6.iter().map(|a| IpAddr::V6(*a)))
+    }
+
+    /// A task name, when the cluster manager gave one as a label.
+    pub fn task_name(&self) -> Option<&str> {
+        self.labels.get("task").map(|s| s.as_str())
+    }
+}
+
+/// Deterministic host-side interface name for a container: fixed prefix plus a hash,
+/// at most 15 bytes (IFNAMSIZ - 1).
+pub fn host_iface_name(container_id: &str, container_iface: &str) -> String {
+    let mut hash: u64 = 0xcbf29ce484222325; // FNV-1a: stable across releases and machines
+    for b in container_id
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(container_iface.bytes())
+    {
+        hash ^= b as u64;
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    format!("{HOST_IFACE_PREFIX}{:011x}", hash & 0xfff_ffff_ffff)
+}
+
+/// Deterministic MAC for the container side (locally administered, unicast).
+pub fn container_mac(container_id: &str, container_iface: &str) -> [u8; 6] {
+    let name = host_iface_name(container_id, container_iface);
+    let hex = &name[HOST_IFACE_PREFIX.len()..];
+    let v = u64::from_str_radix(hex, 16).unwrap_or(0);
+    [
+        0x0e,
+        0x6e,
+        (v >> 24) as u8,
+        (v >> 16) as u8,
+        (v >> 8) as u8,
+        v as u8,
+    ]
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iface_names_are_short_stable_and_distinct() {
+        let a = host_iface_name("task-1", "eth0");
+        assert_eq!(a, host_iface_name("task-1", "eth0"));
+        assert_ne!(a, host_iface_name("task-2", "eth0"));
+        assert_ne!(a, host_iface_name("task-1", "eth1"));
+        assert!(a.len() <= 15 && a.starts_with(HOST_IFACE_PREFIX));
+    }
+}

@@ -1,0 +1,459 @@
+//! The embedded backend: one SQLite file, safe for many short-lived plugin
+//! processes at once (WAL, `BEGIN IMMEDIATE`, busy timeout).
+//!
+//! Durability: `synchronous=NORMAL` in WAL mode. A committed transaction is in
+//! the WAL before `COMMIT` returns, so a killed process (kill -9, crash) never
+//! loses or half-writes it; only a power cut can lose the last transactions,
+//! and never corrupts the file. The node daemon resyncs from whatever survived.
+
+use crate::*;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const SCHEMA_VERSION: i64 = 1;
+/// History kept for the change feed, in revisions.
+const HISTORY: Revision = 20_000;
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+fn backend(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    let context = context.into();
+    move |e| StoreError::Backend {
+        context,
+        source: Box::new(e),
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The smallest string greater than every string with this prefix.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            return String::from_utf8(bytes).ok();
+        }
+    }
+    None
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend {
+                    context: format!("creating {}", dir.display()),
+                    source: Box::new(e),
+                })?;
+            }
+        }
+        let what = format!("opening {}", path.display());
+        let mut conn = Connection::open(path).map_err(backend(what.clone()))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(backend(what.clone()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend(what.clone()))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(backend(what.clone()))?;
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(backend(what.clone()))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                path: path.display().to_string(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend(what.clone()))?;
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
+                 CREATE TABLE IF NOT EXISTS kv (
+                     key TEXT PRIMARY KEY, value BLOB NOT NULL,
+                     create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL,
+                     lease INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+                 CREATE INDEX IF NOT EXISTS kv_lease ON kv(lease) WHERE lease != 0;
+                 CREATE TABLE IF NOT EXISTS changes (
+                     rev INTEGER NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL,
+                     value BLOB, create_rev INTEGER NOT NULL, lease INTEGER NOT NULL,
+                     PRIMARY KEY (rev, seq)) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS leases (
+                     id INTEGER PRIMARY KEY, ttl_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL);
+                 PRAGMA user_version = 1;",
+            )
+            .map_err(backend("creating the schema"))?;
+            tx.commit().map_err(backend("creating the schema"))?;
+        }
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Delete the keys of expired leases, as etcd does when a lease runs out.
+    fn sweep_expired_leases(&self) -> Result<()> {
+        let mut conn = self.lock();
+        let any: Option<i64> = conn
+            .prepare_cached("SELECT id FROM leases WHERE expires_ms < ?1 LIMIT 1")
+            .and_then(|mut s| s.query_row([now_ms()], |r| r.get(0)).optional())
+            .map_err(backend("reading leases"))?;
+        if any.is_none() {
+            return Ok(());
+        }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend("expiring leases"))?;
+        let expired: Vec<i64> = {
+            let mut stmt = tx
+                .prepare_cached("SELECT id FROM leases WHERE expires_ms < ?1")
+                .map_err(backend("expiring leases"))?;
+            let rows = stmt
+                .query_map([now_ms()], |r| r.get(0))
+                .map_err(backend("expiring leases"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(backend("expiring leases"))?
+        };
+        if !expired.is_empty() {
+            let rev = bump_revision(&tx)?;
+            let mut seq = 0;
+            for id in expired {
+                delete_lease_keys(&tx, id, rev, &mut seq)?;
+            }
+        }
+        tx.commit().map_err(backend("expiring leases"))
+    }
+}
+
+fn bump_revision(tx: &rusqlite::Transaction) -> Result<Revision> {
+    tx.prepare_cached("UPDATE meta SET value = value + 1 WHERE name = 'revision' RETURNING value")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(backend("advancing the revision"))
+}
+
+fn delete_key(tx: &rusqlite::Transaction, key: &str, rev: Revision, seq: &mut i64) -> Result<()> {
+    let n = tx
+        .prepare_cached("DELETE FROM kv WHERE key = ?1")
+        .and_then(|mut s| s.execute([key]))
+        .map_err(backend(format!("deleting {key}")))?;
+    if n > 0 {
+        record_change(tx, rev, seq, key, None, 0, 0)?;
+    }
+    Ok(())
+}
+
+fn delete_lease_keys(
+    tx: &rusqlite::Transaction,
+    lease: LeaseId,
+    rev: Revision,
+    seq: &mut i64,
+) -> Result<()> {
+    let keys: Vec<String> = {
+        let mut stmt = tx
+            .prepare_cached("SELECT key FROM kv WHERE lease = ?1")
+            .map_err(backend("reading lease keys"))?;
+        let rows = stmt
+            .query_map([lease], |r| r.get(0))
+            .map_err(backend("reading lease keys"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(backend("reading lease keys"))?
+    };
+    for key in keys {
+        delete_key(tx, &key, rev, seq)?;
+    }
+    tx.prepare_cached("DELETE FROM leases WHERE id = ?1")
+        .and_then(|mut s| s.execute([lease]))
+        .map_err(backend("deleting lease"))?;
+    Ok(())
+}
+
+fn record_change(
+    tx: &rusqlite::Transaction,
+    rev: Revision,
+    seq: &mut i64,
+    key: &str,
+    value: Option<&[u8]>,
+    create_rev: Revision,
+    lease: LeaseId,
+) -> Result<()> {
+    *seq += 1;
+    tx.prepare_cached("INSERT INTO changes VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+        .and_then(|mut s| s.execute(params![rev, *seq, key, value, create_rev, lease]))
+        .map_err(backend("recording a change"))?;
+    Ok(())
+}
+
+fn row_to_kv(r: &rusqlite::Row) -> rusqlite::Result<KeyValue> {
+    Ok(KeyValue {
+        key: r.get(0)?,
+        value: r.get(1)?,
+        create_revision: r.get(2)?,
+        mod_revision: r.get(3)?,
+        lease: r.get(4)?,
+    })
+}
+
+impl Store for SqliteStore {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let conn = self.lock();
+        conn.prepare_cached("SELECT key, value, create_rev, mod_rev, lease FROM kv WHERE key = ?1")
+            .and_then(|mut s| s.query_row([key], row_to_kv).optional())
+            .map_err(backend(format!("reading {key}")))
+    }
+
+    fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
+        let mut conn = self.lock();
+        // A read transaction so the rows and the revision are one snapshot.
+        let tx = conn.transaction().map_err(backend("reading a range"))?;
+        let rev: Revision = tx
+            .prepare_cached("SELECT value FROM meta WHERE name = 'revision'")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(backend("reading the revision"))?;
+        let end = prefix_end(prefix).unwrap_or_else(|| "\u{7f}".repeat(4));
+        let rows = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT key, value, create_rev, mod_rev, lease FROM kv
+                     WHERE key >= ?1 AND key < ?2 ORDER BY key",
+                )
+                .map_err(backend(format!("reading {prefix}*")))?;
+            let rows = stmt
+                .query_map([prefix, end.as_str()], row_to_kv)
+                .map_err(backend(format!("reading {prefix}*")))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(backend(format!("reading {prefix}*")))?
+        };
+        tx.commit().map_err(backend("reading a range"))?;
+        Ok((rows, rev))
+    }
+
+    fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend("starting a transaction"))?;
+        for Compare::ModRevision { key, revision } in compares {
+            let found: Revision = tx
+                .prepare_cached("SELECT mod_rev FROM kv WHERE key = ?1")
+                .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+                .map_err(backend(format!("comparing {key}")))?
+                .unwrap_or(0);
+            if found != *revision {
+                let rev = tx
+                    .prepare_cached("SELECT value FROM meta WHERE name = 'revision'")
+                    .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                    .map_err(backend("reading the revision"))?;
+                return Ok(TxnOutcome {
+                    succeeded: false,
+                    revision: rev,
+                });
+            }
+        }
+        let rev = bump_revision(&tx)?;
+        let mut seq = 0;
+        for op in ops {
+            match op {
+                Op::Put { key, value, lease } => {
+                    let lease = lease.unwrap_or(0);
+                    if lease != 0 {
+                        let exists: Option<i64> = tx
+                            .prepare_cached("SELECT id FROM leases WHERE id = ?1")
+                            .and_then(|mut s| s.query_row([lease], |r| r.get(0)).optional())
+                            .map_err(backend("checking a lease"))?;
+                        if exists.is_none() {
+                            return Err(StoreError::LeaseNotFound(lease));
+                        }
+                    }
+                    let create_rev: Revision = tx
+                        .prepare_cached(
+                            "INSERT INTO kv VALUES (?1, ?2, ?3, ?3, ?4)
+                             ON CONFLICT(key) DO UPDATE SET value = ?2, mod_rev = ?3, lease = ?4
+                             RETURNING create_rev",
+                        )
+                        .and_then(|mut s| {
+                            s.query_row(params![key, value, rev, lease], |r| r.get(0))
+                        })
+                        .map_err(backend(format!("writing {key}")))?;
+                    record_change(&tx, rev, &mut seq, key, Some(value), create_rev, lease)?;
+                }
+                Op::Delete { key } => delete_key(&tx, key, rev, &mut seq)?,
+            }
+        }
+        if rev % 1000 == 0 && rev > HISTORY {
+            compact_in(&tx, rev - HISTORY)?;
+        }
+        tx.commit().map_err(backend("committing"))?;
+        Ok(TxnOutcome {
+            succeeded: true,
+            revision: rev,
+        })
+    }
+
+    fn changes(&self, prefix: &str, after: Revision, wait: Duration) -> Result<Vec<Event>> {
+        let deadline = Instant::now() + wait;
+        let end = prefix_end(prefix).unwrap_or_else(|| "\u{7f}".repeat(4));
+        loop {
+            self.sweep_expired_leases()?;
+            {
+                let conn = self.lock();
+                let compacted: Revision = conn
+                    .prepare_cached("SELECT value FROM meta WHERE name = 'compacted'")
+                    .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                    .map_err(backend("reading history"))?;
+                if after < compacted {
+                    return Err(StoreError::Compacted {
+                        requested: after,
+                        compacted,
+                    });
+                }
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT rev, key, value, create_rev, lease FROM changes
+                         WHERE rev > ?1 AND key >= ?2 AND key < ?3 ORDER BY rev, seq LIMIT 20000",
+                    )
+                    .map_err(backend("reading changes"))?;
+                let rows = stmt
+                    .query_map(params![after, prefix, end], |r| {
+                        let rev: Revision = r.get(0)?;
+                        let key: String = r.get(1)?;
+                        let value: Option<Vec<u8>> = r.get(2)?;
+                        Ok(match value {
+                            Some(value) => Event::Put(KeyValue {
+                                key,
+                                value,
+                                create_revision: r.get(3)?,
+                                mod_revision: rev,
+                                lease: r.get(4)?,
+                            }),
+                            None => Event::Delete { key, revision: rev },
+                        })
+                    })
+                    .map_err(backend("reading changes"))?;
+                let events: Vec<Event> = rows
+                    .collect::<Result<_, _>>()
+                    .map_err(backend("reading changes"))?;
+                if !events.is_empty() {
+                    return Ok(events);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+            std::thread::sleep(Duration::from_millis(10).min(wait));
+        }
+    }
+
+    fn revision(&self) -> Result<Revision> {
+        let conn = self.lock();
+        conn.prepare_cached("SELECT value FROM meta WHERE name = 'revision'")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(backend("reading the revision"))
+    }
+
+    fn compact(&self, revision: Revision) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend("compacting"))?;
+        compact_in(&tx, revision)?;
+        tx.commit().map_err(backend("compacting"))
+    }
+
+    fn lease_grant(&self, ttl: Duration) -> Result<LeaseId> {
+        let conn = self.lock();
+        let ttl_ms = ttl.as_millis() as i64;
+        conn.prepare_cached("INSERT INTO leases (ttl_ms, expires_ms) VALUES (?1, ?2) RETURNING id")
+            .and_then(|mut s| s.query_row(params![ttl_ms, now_ms() + ttl_ms], |r| r.get(0)))
+            .map_err(backend("granting a lease"))
+    }
+
+    fn lease_keepalive(&self, lease: LeaseId) -> Result<()> {
+        self.sweep_expired_leases()?;
+        let conn = self.lock();
+        let n = conn
+            .prepare_cached("UPDATE leases SET expires_ms = ?2 + ttl_ms WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![lease, now_ms()]))
+            .map_err(backend("renewing a lease"))?;
+        if n == 0 {
+            return Err(StoreError::LeaseNotFound(lease));
+        }
+        Ok(())
+    }
+
+    fn lease_revoke(&self, lease: LeaseId) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend("revoking a lease"))?;
+        let rev = bump_revision(&tx)?;
+        let mut seq = 0;
+        delete_lease_keys(&tx, lease, rev, &mut seq)?;
+        tx.commit().map_err(backend("revoking a lease"))
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite {}", self.path.display())
+    }
+}
+
+fn compact_in(tx: &rusqlite::Transaction, revision: Revision) -> Result<()> {
+    tx.prepare_cached("DELETE FROM changes WHERE rev <= ?1")
+        .and_then(|mut s| s.execute([revision]))
+        .map_err(backend("compacting"))?;
+    tx.prepare_cached("UPDATE meta SET value = max(value, ?1) WHERE name = 'compacted'")
+        .and_then(|mut s| s.execute([revision]))
+        .map_err(backend("compacting"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_string() {
+        assert_eq!(prefix_end("blocks/").as_deref(), Some("blocks0"));
+        assert_eq!(prefix_end("").as_deref(), None);
+    }
+
+    #[test]
+    fn sqlite_passes_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut n = 0;
+        crate::conformance::run_all(&mut || {
+            n += 1;
+            Box::new(SqliteStore::open(&dir.path().join(format!("c{n}.db"))).unwrap())
+        });
+    }
+
+    #[test]
+    fn newer_schema_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&path).err().unwrap();
+        assert!(matches!(err, StoreError::SchemaTooNew { found: 7, .. }), "{err}");
+        assert!(err.to_string().contains("upgrade netmod"));
+    }
+}
