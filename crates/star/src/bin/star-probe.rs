@@ -1,0 +1,43 @@
+//! star-probe: see `star::probe`.
+
+use std::process::ExitCode;
+
+use star::flags::Parsed;
+use star::probe::{Probe, ProbeConfig, USAGE};
+use star::{logln, server, Error};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("star-probe: {e}");
+            if matches!(e, Error::Flag(_)) {
+                eprintln!("{USAGE}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<(), Error> {
+    let config = match ProbeConfig::from_args(std::env::args().skip(1))? {
+        Parsed::Run(config) => config,
+        Parsed::Help => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+    };
+    star::log::init(config.logfile.as_deref())?;
+    let listener = server::bind(&config.http_address, config.http_port)?;
+    logln!(
+        "star-probe listening on {}:{}, probing {} target(s) every {:?}",
+        config.http_address,
+        config.http_port,
+        config.urls.len(),
+        config.interval
+    );
+    let probe = Probe::new(config.urls);
+    probe.start(config.interval);
+    server::serve(listener, probe);
+    Ok(())
+}
