@@ -24,7 +24,11 @@ const MAX_ATTEMPTS: u32 = 200;
 
 pub(crate) const POOLS: &str = "ipam/pools/";
 pub(crate) const BLOCKS: &str = "ipam/blocks/";
+/// Blocks affine to a host that still have a free slot, one key each, so an
+/// allocation finds room without reading the host's full blocks.
 pub(crate) const AFFINITY: &str = "ipam/affinity/";
+/// Blocks affine to a host that are full.
+pub(crate) const AFFINITY_FULL: &str = "ipam/affinity-full/";
 pub(crate) const HANDLES: &str = "ipam/handles/";
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +124,14 @@ pub struct AllocRequest {
 
 pub struct Ipam<'a> {
     store: &'a dyn Store,
+    /// Pools as last read, with their revisions: every transaction checks them,
+    /// so a stale copy can only cost a retry, never a wrong allocation.
+    pools: std::cell::RefCell<Option<std::rc::Rc<PoolSnapshot>>>,
+}
+
+struct PoolSnapshot {
+    pools: Vec<Pool>,
+    compares: Vec<Compare>,
 }
 
 pub(crate) fn esc(net: &IpNet) -> String {
@@ -142,8 +154,9 @@ pub fn handle_key(handle: &str) -> String {
 fn pool_key(cidr: &IpNet) -> String {
     format!("{POOLS}{}", esc(cidr))
 }
-pub(crate) fn affinity_key(host: &str, block: &IpNet) -> String {
-    format!("{AFFINITY}{host}/{}", esc(block))
+pub(crate) fn affinity_key(host: &str, block: &IpNet, full: bool) -> String {
+    let prefix = if full { AFFINITY_FULL } else { AFFINITY };
+    format!("{prefix}{host}/{}", esc(block))
 }
 
 fn family_name(v6: bool) -> &'static str {
@@ -156,7 +169,10 @@ fn family_name(v6: bool) -> &'static str {
 
 impl<'a> Ipam<'a> {
     pub fn new(store: &'a dyn Store) -> Self {
-        Ipam { store }
+        Ipam {
+            store,
+            pools: Default::default(),
+        }
     }
 
     pub fn pools(&self) -> Result<Vec<Pool>> {
@@ -166,7 +182,12 @@ impl<'a> Ipam<'a> {
         Ok(pools)
     }
 
-    pub fn add_pool(&self, cidr: IpNet, block_prefix: Option<u8>, quarantine_secs: u64) -> Result<Pool> {
+    pub fn add_pool(
+        &self,
+        cidr: IpNet,
+        block_prefix: Option<u8>,
+        quarantine_secs: u64,
+    ) -> Result<Pool> {
         if cidr.trunc() != cidr {
             return Err(IpamError::InvalidPool(format!(
                 "{cidr} has host bits set; did you mean {}?",
@@ -230,12 +251,16 @@ impl<'a> Ipam<'a> {
                     }
                     live += block.slots.len();
                     for (ord, h) in &block.slots {
-                        by_handle.entry(h.clone()).or_default().push(nth(&block.cidr, *ord));
+                        by_handle
+                            .entry(h.clone())
+                            .or_default()
+                            .push(nth(&block.cidr, *ord));
                     }
                     compares.push(Compare::unchanged(kv));
                     ops.push(Op::delete(&kv.key));
                     if let Some(host) = &block.host {
-                        ops.push(Op::delete(affinity_key(host, &block.cidr)));
+                        ops.push(Op::delete(affinity_key(host, &block.cidr, false)));
+                        ops.push(Op::delete(affinity_key(host, &block.cidr, true)));
                     }
                 }
                 if live > 0 && !force {
@@ -276,11 +301,10 @@ impl<'a> Ipam<'a> {
                 req.num_ipv6
             )));
         }
-        let pools = self.pools()?;
         self.run(|plan| {
             let mut got = Allocated::default();
             for addr in &req.static_addrs {
-                plan.take_specific(*addr, &req.handle, &req.attrs.host)?;
+                plan.take_specific(*addr, &req.handle)?;
                 got.push(*addr);
             }
             for _ in static_v4..req.num_ipv4 {
@@ -289,9 +313,16 @@ impl<'a> Ipam<'a> {
             for _ in static_v6..req.num_ipv6 {
                 got.push(plan.take_next(true, &req.attrs.host, &req.handle)?);
             }
-            plan.hold(&req.handle, &req.attrs, got.ipv4.iter().map(|a| IpAddr::V4(*a)).chain(got.ipv6.iter().map(|a| IpAddr::V6(*a))))?;
+            plan.hold(
+                &req.handle,
+                &req.attrs,
+                got.ipv4
+                    .iter()
+                    .map(|a| IpAddr::V4(*a))
+                    .chain(got.ipv6.iter().map(|a| IpAddr::V6(*a))),
+            )?;
             Ok(got)
-        }, &pools)
+        })
     }
 
     /// Reserve exactly these addresses for a handle. If any is taken, none is.
@@ -301,58 +332,47 @@ impl<'a> Ipam<'a> {
         if addrs.is_empty() {
             return Err(IpamError::Invalid("no address to reserve".into()));
         }
-        let pools = self.pools()?;
-        self.run(
-            |plan| {
-                for addr in addrs {
-                    plan.take_specific(*addr, handle, &attrs.host)?;
-                }
-                plan.hold(handle, attrs, addrs.iter().copied())
-            },
-            &pools,
-        )
+        self.run(|plan| {
+            for addr in addrs {
+                plan.take_specific(*addr, handle)?;
+            }
+            plan.hold(handle, attrs, addrs.iter().copied())
+        })
     }
 
     /// Release everything a handle holds; the addresses go into quarantine.
     pub fn release_handle(&self, handle: &str) -> Result<Vec<IpAddr>> {
-        let pools = self.pools()?;
-        self.run(
-            |plan| {
-                let Some(rec) = plan.handle(handle)? else {
-                    return Err(IpamError::UnknownHandle(handle.to_string()));
-                };
-                for addr in &rec.addrs {
-                    plan.free(*addr, Some(handle))?;
-                }
-                plan.drop_handle(handle);
-                Ok(rec.addrs)
-            },
-            &pools,
-        )
+        self.run(|plan| {
+            let Some(rec) = plan.handle(handle)? else {
+                return Err(IpamError::UnknownHandle(handle.to_string()));
+            };
+            for addr in &rec.addrs {
+                plan.free(*addr, Some(handle))?;
+            }
+            plan.drop_handle(handle);
+            Ok(rec.addrs)
+        })
     }
 
     /// Release these addresses whoever holds them. Returns (address, former handle)
     /// for those that were held; addresses in a pool but not held are skipped.
     pub fn release_addrs(&self, addrs: &[IpAddr]) -> Result<Vec<(IpAddr, String)>> {
-        let pools = self.pools()?;
+        let snap = self.pool_snapshot()?;
         for a in addrs {
-            if !pools.iter().any(|p| p.cidr.contains(a)) {
+            if !snap.pools.iter().any(|p| p.cidr.contains(a)) {
                 return Err(IpamError::OutsidePools(*a));
             }
         }
-        self.run(
-            |plan| {
-                let mut released = Vec::new();
-                for addr in addrs {
-                    if let Some(h) = plan.free(*addr, None)? {
-                        plan.unhold(&h, *addr)?;
-                        released.push((*addr, h));
-                    }
+        self.run(|plan| {
+            let mut released = Vec::new();
+            for addr in addrs {
+                if let Some(h) = plan.free(*addr, None)? {
+                    plan.unhold(&h, *addr)?;
+                    released.push((*addr, h));
                 }
-                Ok(released)
-            },
-            &pools,
-        )
+            }
+            Ok(released)
+        })
     }
 
     pub fn handle(&self, handle: &str) -> Result<Option<HandleRecord>> {
@@ -376,11 +396,17 @@ impl<'a> Ipam<'a> {
 
     /// Blocks affine to a host: the routes other hosts need to reach its tasks.
     pub fn host_blocks(&self, host: &str) -> Result<Vec<IpNet>> {
-        let (kvs, _) = self.store.range(&format!("{AFFINITY}{host}/"))?;
-        Ok(kvs
-            .iter()
-            .filter_map(|kv| kv.key.rsplit('/').next()?.replacen('-', "/", 1).parse().ok())
-            .collect())
+        let mut blocks = Vec::new();
+        for prefix in [AFFINITY, AFFINITY_FULL] {
+            for key in self.store.keys(&format!("{prefix}{host}/"))? {
+                let tail = key.rsplit('/').next().unwrap_or_default();
+                if let Ok(cidr) = tail.replacen('-', "/", 1).parse() {
+                    blocks.push(cidr);
+                }
+            }
+        }
+        blocks.sort();
+        Ok(blocks)
     }
 
     /// Every inconsistency between blocks and handles (empty when all is well).
@@ -403,8 +429,12 @@ impl<'a> Ipam<'a> {
                 listed += 1;
                 match held.get(a) {
                     Some(h) if *h == rec.handle => {}
-                    Some(h) => problems.push(format!("{a}: handle {} but block says {h}", rec.handle)),
-                    None => problems.push(format!("{a}: handle {} but block slot free", rec.handle)),
+                    Some(h) => {
+                        problems.push(format!("{a}: handle {} but block says {h}", rec.handle))
+                    }
+                    None => {
+                        problems.push(format!("{a}: handle {} but block slot free", rec.handle))
+                    }
                 }
             }
         }
@@ -418,21 +448,40 @@ impl<'a> Ipam<'a> {
     }
 
     /// Run a plan to completion, retrying when another writer got there first.
-    fn run<T>(&self, mut f: impl FnMut(&mut Plan) -> Result<T>, pools: &[Pool]) -> Result<T> {
-        let mut last_err = None;
+    fn pool_snapshot(&self) -> Result<std::rc::Rc<PoolSnapshot>> {
+        if let Some(snap) = self.pools.borrow().as_ref() {
+            return Ok(snap.clone());
+        }
+        let (kvs, _) = self.store.range(POOLS)?;
+        let mut pools: Vec<Pool> = kvs.iter().map(decode).collect::<Result<_, _>>()?;
+        pools.sort_by_key(|p| p.cidr);
+        let snap = std::rc::Rc::new(PoolSnapshot {
+            pools,
+            compares: kvs.iter().map(Compare::unchanged).collect(),
+        });
+        *self.pools.borrow_mut() = Some(snap.clone());
+        Ok(snap)
+    }
+
+    fn run<T>(&self, mut f: impl FnMut(&mut Plan) -> Result<T>) -> Result<T> {
         for attempt in 0..MAX_ATTEMPTS {
-            let mut plan = Plan::new(self.store, pools);
+            let snap = self.pool_snapshot()?;
+            let mut plan = Plan::new(self.store, &snap.pools);
             let value = f(&mut plan)?;
-            let (compares, ops) = plan.into_txn();
-            if ops.is_empty() || self.store.txn(&compares, &ops)?.succeeded {
+            let (mut compares, ops) = plan.into_txn();
+            if ops.is_empty() {
                 return Ok(value);
             }
-            last_err = Some(attempt);
+            compares.extend(snap.compares.iter().cloned());
+            if self.store.txn(&compares, &ops)?.succeeded {
+                return Ok(value);
+            }
+            // Someone else wrote first (or the pools changed): read afresh.
+            *self.pools.borrow_mut() = None;
             if attempt > 4 {
                 std::thread::sleep(std::time::Duration::from_micros(100 * attempt as u64));
             }
         }
-        let _ = last_err;
         Err(StoreError::TooMuchContention {
             attempts: MAX_ATTEMPTS,
         }

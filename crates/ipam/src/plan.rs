@@ -7,6 +7,8 @@ struct Cached<T> {
     read: Option<KeyValue>,
     value: Option<T>,
     dirty: bool,
+    /// For blocks: how many slots were held when read.
+    held_when_read: usize,
 }
 
 pub(crate) struct Plan<'s> {
@@ -45,12 +47,14 @@ impl<'s> Plan<'s> {
         if !self.blocks.contains_key(&cidr) {
             let read = self.store.get(&block_key(&cidr))?;
             let value = read.as_ref().map(read_block).transpose()?;
+            let held_when_read = value.as_ref().map_or(0, |b: &Block| b.slots.len());
             self.blocks.insert(
                 cidr,
                 Cached {
                     read,
                     value,
                     dirty: false,
+                    held_when_read,
                 },
             );
         }
@@ -66,6 +70,7 @@ impl<'s> Plan<'s> {
             let block = read_block(&kv)?;
             self.blocks.entry(block.cidr).or_insert(Cached {
                 read: Some(kv),
+                held_when_read: block.slots.len(),
                 value: Some(block),
                 dirty: false,
             });
@@ -74,14 +79,23 @@ impl<'s> Plan<'s> {
         Ok(())
     }
 
+    /// Every block that exists, by key only (no values read).
+    fn claimed_blocks(&self) -> Result<std::collections::BTreeSet<IpNet>> {
+        Ok(self
+            .store
+            .keys(BLOCKS)?
+            .iter()
+            .filter_map(|k| k[BLOCKS.len()..].replacen('-', "/", 1).parse().ok())
+            .collect())
+    }
+
     fn load_affinity(&mut self, host: &str) -> Result<()> {
         if self.affinity_loaded.iter().any(|h| h == host) {
             return Ok(());
         }
         let prefix = format!("{AFFINITY}{host}/");
-        let (kvs, _) = self.store.range(&prefix)?;
-        for kv in kvs {
-            let tail = &kv.key[prefix.len()..];
+        for key in self.store.keys(&prefix)? {
+            let tail = &key[prefix.len()..];
             if let Ok(cidr) = tail.replacen('-', "/", 1).parse::<IpNet>() {
                 self.load_block(cidr)?;
             }
@@ -90,8 +104,9 @@ impl<'s> Plan<'s> {
         Ok(())
     }
 
-    /// A new block, affine to `host`.
-    fn claim(&mut self, pool: &Pool, cidr: IpNet, host: &str) {
+    /// A new block, affine to `host` (or to no host: a block opened only to
+    /// hold an address asked for by value).
+    fn claim(&mut self, pool: &Pool, cidr: IpNet, host: Option<&str>) {
         self.blocks.insert(
             cidr,
             Cached {
@@ -99,18 +114,21 @@ impl<'s> Plan<'s> {
                 value: Some(Block {
                     cidr,
                     pool: pool.cidr,
-                    host: Some(host.to_string()),
+                    host: host.map(str::to_string),
                     slots: BTreeMap::new(),
                     quarantine: BTreeMap::new(),
                 }),
                 dirty: true,
+                held_when_read: 0,
             },
         );
-        self.new_affinity.push((host.to_string(), cidr));
+        if let Some(host) = host {
+            self.new_affinity.push((host.to_string(), cidr));
+        }
     }
 
     /// Hold one given address for `handle`.
-    pub(crate) fn take_specific(&mut self, addr: IpAddr, handle: &str, host: &str) -> Result<()> {
+    pub(crate) fn take_specific(&mut self, addr: IpAddr, handle: &str) -> Result<()> {
         let pool = self.pool_of(&addr)?;
         if is_reserved(pool, &addr) {
             return Err(IpamError::Invalid(format!(
@@ -123,7 +141,7 @@ impl<'s> Plan<'s> {
             .trunc();
         self.load_block(cidr)?;
         if self.blocks[&cidr].value.is_none() {
-            self.claim(pool, cidr, host);
+            self.claim(pool, cidr, None);
         }
         let entry = self.blocks.get_mut(&cidr).expect("loaded above");
         let block = entry.value.as_mut().expect("present");
@@ -162,20 +180,23 @@ impl<'s> Plan<'s> {
         if let Some(addr) = self.take_in(v6, handle, now, own) {
             return Ok(addr);
         }
-        self.load_all_blocks()?;
+        let claimed = self.claimed_blocks()?;
         for pool in &pools {
             let free = pool
                 .cidr
                 .subnets(pool.block_prefix)
                 .expect("prefix checked when the pool was added")
-                .find(|c| !self.blocks.contains_key(c) || self.blocks[c].value.is_none());
+                .find(|c| {
+                    !claimed.contains(c) && self.blocks.get(c).is_none_or(|b| b.value.is_none())
+                });
             if let Some(cidr) = free {
-                self.claim(pool, cidr, host);
+                self.claim(pool, cidr, Some(host));
                 if let Some(addr) = self.take_in(v6, handle, now, |b| b.cidr == cidr) {
                     return Ok(addr);
                 }
             }
         }
+        self.load_all_blocks()?;
         if let Some(addr) = self.take_in(v6, handle, now, |_| true) {
             return Ok(addr);
         }
@@ -264,6 +285,7 @@ impl<'s> Plan<'s> {
                     read: found,
                     value,
                     dirty: false,
+                    held_when_read: 0,
                 },
             );
         }
@@ -316,19 +338,33 @@ impl<'s> Plan<'s> {
         let mut compares = Vec::new();
         let mut ops = Vec::new();
         let now = self.now;
+        let pools = self.pools;
         for (cidr, entry) in self.blocks {
             if !entry.dirty {
                 continue;
             }
             let key = block_key(&cidr);
             compares.push(Compare::as_read(&key, entry.read.as_ref()));
-            if let Some(mut block) = entry.value {
-                block.quarantine.retain(|_, until| *until > now);
-                ops.push(Op::put(key, encode(&block)));
+            let Some(mut block) = entry.value else {
+                continue;
+            };
+            block.quarantine.retain(|_, until| *until > now);
+            if let (Some(host), Some(pool)) =
+                (&block.host, pools.iter().find(|p| p.cidr == block.pool))
+            {
+                let was_full = entry.read.is_some() && is_full(&block, pool, entry.held_when_read);
+                let full = is_full(&block, pool, block.slots.len());
+                let is_new = entry.read.is_none()
+                    && self
+                        .new_affinity
+                        .iter()
+                        .any(|(h, c)| h == host && *c == cidr);
+                if is_new || was_full != full {
+                    ops.push(Op::delete(affinity_key(host, &cidr, !full)));
+                    ops.push(Op::put(affinity_key(host, &cidr, full), Vec::new()));
+                }
             }
-        }
-        for (host, cidr) in self.new_affinity {
-            ops.push(Op::put(affinity_key(&host, &cidr), Vec::new()));
+            ops.push(Op::put(key, encode(&block)));
         }
         for (handle, entry) in self.handles {
             if !entry.dirty {
@@ -353,14 +389,28 @@ fn read_block(kv: &KeyValue) -> Result<Block> {
     read(kv)
 }
 
-/// The pool's own network and broadcast addresses are never handed out (IPv4).
+/// Never handed out: an IPv4 pool's network and broadcast addresses, an IPv6
+/// pool's subnet-router anycast address.
 fn is_reserved(pool: &Pool, addr: &IpAddr) -> bool {
     match pool.cidr {
         IpNet::V4(n) if n.prefix_len() < 31 => {
             *addr == IpAddr::V4(n.network()) || *addr == IpAddr::V4(n.broadcast())
         }
+        IpNet::V6(n) if n.prefix_len() < 127 => *addr == IpAddr::V6(n.network()),
         _ => false,
     }
+}
+
+/// Every slot that can be handed out is held (when `held` slots are).
+fn is_full(block: &Block, pool: &Pool, held: usize) -> bool {
+    let size: u32 = 1 << (block.cidr.max_prefix_len() - block.cidr.prefix_len());
+    let reserved = (0..size.min(2))
+        .chain(size.saturating_sub(1)..size)
+        .collect::<std::collections::BTreeSet<u32>>()
+        .into_iter()
+        .filter(|ord| is_reserved(pool, &nth(&block.cidr, *ord)))
+        .count() as u32;
+    held as u32 + reserved >= size
 }
 
 fn free_ordinal(block: &Block, pool: &Pool, now: i64) -> Option<u32> {

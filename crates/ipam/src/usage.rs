@@ -2,6 +2,7 @@
 //! pool, block and host.
 
 use crate::*;
+use std::net::IpAddr;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolUsage {
@@ -41,9 +42,14 @@ pub struct Usage {
 
 fn usable(cidr: &IpNet) -> u128 {
     let bits = cidr.max_prefix_len() - cidr.prefix_len();
-    let all = if bits >= 128 { u128::MAX } else { 1u128 << bits };
+    let all = if bits >= 128 {
+        u128::MAX
+    } else {
+        1u128 << bits
+    };
     match cidr {
         IpNet::V4(_) if cidr.prefix_len() < 31 => all - 2,
+        IpNet::V6(_) if cidr.prefix_len() < 127 => all - 1,
         _ => all,
     }
 }
@@ -60,10 +66,16 @@ impl Ipam<'_> {
                 let used = b.slots.len() as u64;
                 let quarantined = b.quarantine.values().filter(|u| **u > now).count() as u64;
                 let size = 1u64 << (b.cidr.max_prefix_len() - b.cidr.prefix_len());
-                let pool_edges = [b.pool.network(), b.pool.broadcast()]
-                    .iter()
-                    .filter(|a| b.pool.prefix_len() < 31 && a.is_ipv4() && b.cidr.contains(*a))
-                    .count() as u64;
+                let pool_edges = match b.pool {
+                    IpNet::V4(p) if p.prefix_len() < 31 => [p.network(), p.broadcast()]
+                        .iter()
+                        .filter(|a| b.cidr.contains(&IpAddr::V4(**a)))
+                        .count() as u64,
+                    IpNet::V6(p) if p.prefix_len() < 127 => {
+                        u64::from(b.cidr.contains(&IpAddr::V6(p.network())))
+                    }
+                    _ => 0,
+                };
                 if let Some(h) = &b.host {
                     let e = hosts.entry(h.clone()).or_insert(HostUsage {
                         host: h.clone(),

@@ -188,7 +188,11 @@ impl fmt::Display for Ruleset {
                 let kind = match hook.kind {
                     HookKind::Forward => "forward",
                 };
-                let policy = if hook.accept_by_default { "accept" } else { "drop" };
+                let policy = if hook.accept_by_default {
+                    "accept"
+                } else {
+                    "drop"
+                };
                 writeln!(
                     f,
                     "\t\ttype filter hook {kind} priority {}; policy {policy};",

@@ -42,9 +42,13 @@ pub fn get_put_delete(s: Box<dyn Store>) {
 }
 
 pub fn compare_and_swap(s: Box<dyn Store>) {
-    let first = s.txn(&[Compare::absent("k")], &[Op::put("k", "x")]).unwrap();
+    let first = s
+        .txn(&[Compare::absent("k")], &[Op::put("k", "x")])
+        .unwrap();
     assert!(first.succeeded);
-    let second = s.txn(&[Compare::absent("k")], &[Op::put("k", "y")]).unwrap();
+    let second = s
+        .txn(&[Compare::absent("k")], &[Op::put("k", "y")])
+        .unwrap();
     assert!(!second.succeeded, "a second create must lose");
     let kv = s.get("k").unwrap().unwrap();
     assert_eq!(kv.value, b"x");
@@ -71,7 +75,11 @@ pub fn failed_txn_writes_nothing(s: Box<dyn Store>) {
     assert!(!out.succeeded);
     assert_eq!(s.get("free").unwrap(), None);
     assert!(s.get("held").unwrap().is_some());
-    assert_eq!(s.revision().unwrap(), before, "a failed txn takes no revision");
+    assert_eq!(
+        s.revision().unwrap(),
+        before,
+        "a failed txn takes no revision"
+    );
     // Many ops in one transaction share one revision.
     let out = s
         .txn(&[], &[Op::put("m/1", "a"), Op::put("m/2", "b")])
@@ -87,6 +95,7 @@ pub fn range_is_sorted_and_bounded(s: Box<dyn Store>) {
     let (kvs, rev) = s.range("b/").unwrap();
     let keys: Vec<&str> = kvs.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(keys, ["b/1", "b/10", "b/2"]);
+    assert_eq!(s.keys("b/").unwrap(), ["b/1", "b/10", "b/2"]);
     assert_eq!(rev, s.revision().unwrap());
     assert_eq!(s.range("").unwrap().0.len(), 6);
     assert!(s.range("zz/").unwrap().0.is_empty());

@@ -153,6 +153,8 @@ pub trait Store: Send + Sync {
     fn get(&self, key: &str) -> Result<Option<KeyValue>>;
     /// Every key starting with `prefix`, sorted by key, and the revision they were read at.
     fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)>;
+    /// The keys (only) starting with `prefix`, sorted.
+    fn keys(&self, prefix: &str) -> Result<Vec<String>>;
     /// Check every compare; if all hold, apply every op atomically under one new revision.
     fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome>;
     /// Changes to keys under `prefix` after revision `after`, waiting up to `wait`

@@ -7,6 +7,7 @@
 //! and never corrupts the file. The node daemon resyncs from whatever survived.
 
 use crate::*;
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -66,6 +67,15 @@ impl SqliteStore {
             .map_err(backend(what.clone()))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(backend(what.clone()))?;
+        conn.pragma_update(None, "cache_size", -32_000)
+            .map_err(backend(what.clone()))?;
+        conn.pragma_update(None, "mmap_size", 256 << 20)
+            .map_err(backend(what.clone()))?;
+        // Short-lived plugin processes must not each checkpoint (and fsync) the
+        // WAL on exit; checkpoints happen as the WAL grows.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(backend(what.clone()))?;
+        conn.set_prepared_statement_cache_capacity(64);
         let found: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(backend(what.clone()))?;
@@ -83,15 +93,16 @@ impl SqliteStore {
             tx.execute_batch(
                 "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
                  INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
+                 -- Rowid tables: values (blocks) run to kilobytes, which WITHOUT ROWID handles badly.
                  CREATE TABLE IF NOT EXISTS kv (
-                     key TEXT PRIMARY KEY, value BLOB NOT NULL,
+                     key TEXT NOT NULL UNIQUE, value BLOB NOT NULL,
                      create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL,
-                     lease INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+                     lease INTEGER NOT NULL DEFAULT 0);
                  CREATE INDEX IF NOT EXISTS kv_lease ON kv(lease) WHERE lease != 0;
                  CREATE TABLE IF NOT EXISTS changes (
                      rev INTEGER NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL,
                      value BLOB, create_rev INTEGER NOT NULL, lease INTEGER NOT NULL,
-                     PRIMARY KEY (rev, seq)) WITHOUT ROWID;
+                     PRIMARY KEY (rev, seq));
                  CREATE TABLE IF NOT EXISTS leases (
                      id INTEGER PRIMARY KEY, ttl_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL);
                  PRAGMA user_version = 1;",
@@ -245,6 +256,19 @@ impl Store for SqliteStore {
         Ok((rows, rev))
     }
 
+    fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let conn = self.lock();
+        let end = prefix_end(prefix).unwrap_or_else(|| "\u{7f}".repeat(4));
+        let mut stmt = conn
+            .prepare_cached("SELECT key FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key")
+            .map_err(backend(format!("listing {prefix}*")))?;
+        let rows = stmt
+            .query_map([prefix, end.as_str()], |r| r.get(0))
+            .map_err(backend(format!("listing {prefix}*")))?;
+        rows.collect::<Result<Vec<String>, _>>()
+            .map_err(backend(format!("listing {prefix}*")))
+    }
+
     fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome> {
         let mut conn = self.lock();
         let tx = conn
@@ -284,7 +308,7 @@ impl Store for SqliteStore {
                     }
                     let create_rev: Revision = tx
                         .prepare_cached(
-                            "INSERT INTO kv VALUES (?1, ?2, ?3, ?3, ?4)
+                            "INSERT INTO kv (key, value, create_rev, mod_rev, lease) VALUES (?1, ?2, ?3, ?3, ?4)
                              ON CONFLICT(key) DO UPDATE SET value = ?2, mod_rev = ?3, lease = ?4
                              RETURNING create_rev",
                         )
@@ -453,7 +477,10 @@ mod tests {
         conn.pragma_update(None, "user_version", 7).unwrap();
         drop(conn);
         let err = SqliteStore::open(&path).err().unwrap();
-        assert!(matches!(err, StoreError::SchemaTooNew { found: 7, .. }), "{err}");
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found: 7, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("upgrade netmod"));
     }
 }

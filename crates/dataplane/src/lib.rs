@@ -1,0 +1,40 @@
+//! netmod-dataplane: the only part of netmod that touches the kernel.
+//!
+//! - [`plug`] / [`unplug`]: a veth per container, its peer created directly
+//!   inside the container's network namespace, addresses, routes, sysctls.
+//! - routes to other hosts' blocks ([`add_route`], [`list_routes`], ...), all
+//!   carrying `model::ROUTE_PROTOCOL` so a restart can find its own.
+//! - nftables ([`nft_replace_all`], [`nft_apply`], ...): the one table
+//!   `inet netmod`, each call one atomic transaction.
+//!
+//! Everything is synchronous and speaks netlink directly: one small codec
+//! (`nl`) serves rtnetlink and nf_tables, so there is no C library to build
+//! against and no `nft`/`ip` process. Sockets are opened in the calling
+//! thread's current network namespace; [`in_netns`] runs code in another one
+//! on a dedicated thread. Each thread keeps one nftables socket per namespace
+//! for reuse (closing one after a deletion waits for the kernel, see `nft`).
+//!
+//! Host requirement: proxy ARP answers the containers' gateway 169.254.1.1
+//! only if the host has a route to it through another interface, which its
+//! default route normally is. A host (namespace) without a default route
+//! needs one, e.g. through its uplink.
+//!
+//! Kernel requirement: >= 6.3 (`DeleteElements` uses NFT_MSG_DESTROYSETELEM).
+
+mod error;
+mod link;
+mod netns;
+mod nft;
+mod nl;
+mod rtnl;
+
+pub use error::{Error, Result};
+pub use link::{
+    add_route, del_route, del_routes_not_in, link_exists, list_links_with_prefix, list_routes,
+    plug, unplug, LinkInfo, PlugSpec, Plugged, RouteInfo,
+};
+pub use netns::{in_netns, in_netns_fd, open_netns};
+pub use nft::{
+    nft_apply, nft_delete_table, nft_list_set_elements, nft_replace_all, nft_set_exists,
+    nft_table_exists,
+};

@@ -1,0 +1,319 @@
+//! Rendering `model::nft` rules into nf_tables expressions.
+//!
+//! Each `Match` lowers to a short list of [`Expr`] (what `nft --debug=netlink`
+//! prints for the same rule), and each `Expr` encodes itself. Everything
+//! loads into register 1 and compares or looks up from there.
+
+use crate::error::{Error, Result};
+use crate::nl::Msg;
+use netmod_model::nft::{Family, Match, Rule, Verdict};
+
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+pub(super) const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+
+const NFT_REG_VERDICT: u32 = 0;
+const NFT_REG_1: u32 = 1;
+
+const NFT_META_IIFNAME: u32 = 6;
+const NFT_META_OIFNAME: u32 = 7;
+const NFT_META_NFPROTO: u32 = 15;
+const NFT_CT_STATE: u32 = 0;
+const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_CMP_EQ: u32 = 0;
+const NFT_CMP_NEQ: u32 = 1;
+const NFT_FIB_RESULT_OIF: u32 = 1;
+const NFTA_FIB_F_SADDR: u32 = 1 << 0;
+const NFTA_FIB_F_IIF: u32 = 1 << 3;
+const NFTA_FIB_F_PRESENT: u32 = 1 << 5;
+/// `ct state established,related`: NF_CT_STATE_BIT(ESTABLISHED) | ...(RELATED).
+const CT_ESTABLISHED_RELATED: u32 = (1 << 1) | (1 << 2);
+
+const NF_DROP: i32 = 0;
+const NF_ACCEPT: i32 = 1;
+const NFT_JUMP: i32 = -3;
+const NFT_RETURN: i32 = -5;
+
+/// Userdata TLV type nft uses for a rule's comment (NFTNL_UDATA_RULE_COMMENT).
+const UDATA_RULE_COMMENT: u8 = 0;
+/// nft's limit on comments (NFTNL_UDATA_COMMENT_MAXLEN, including the NUL).
+const COMMENT_MAX: usize = 128;
+
+/// Per-family facts for address matches and sets.
+pub(super) struct FamilyInfo {
+    pub nfproto: u8,
+    /// nft datatype of the set key: TYPE_IPADDR / TYPE_IP6ADDR.
+    pub key_type: u32,
+    pub addr_len: u32,
+    pub saddr_offset: u32,
+    pub daddr_offset: u32,
+}
+
+pub(super) fn family_info(f: Family) -> FamilyInfo {
+    match f {
+        Family::V4 => FamilyInfo {
+            nfproto: libc::NFPROTO_IPV4 as u8,
+            key_type: 7,
+            addr_len: 4,
+            saddr_offset: 12,
+            daddr_offset: 16,
+        },
+        Family::V6 => FamilyInfo {
+            nfproto: libc::NFPROTO_IPV6 as u8,
+            key_type: 8,
+            addr_len: 16,
+            saddr_offset: 8,
+            daddr_offset: 24,
+        },
+    }
+}
+
+/// One nf_tables expression; loads write to and compares read from register 1.
+#[derive(Debug, PartialEq)]
+enum Expr<'a> {
+    Meta { key: u32 },
+    Ct { key: u32 },
+    Payload { offset: u32, len: u32 },
+    Fib { flags: u32, result: u32 },
+    Bitwise { mask: [u8; 4], xor: [u8; 4] },
+    Cmp { op: u32, data: Vec<u8> },
+    Lookup { set: &'a str },
+    Verdict { code: i32, chain: Option<&'a str> },
+}
+
+fn lower_match(m: &Match) -> Result<Vec<Expr<'_>>> {
+    use Expr::*;
+    let cmp = |op, data: &[u8]| Cmp {
+        op,
+        data: data.to_vec(),
+    };
+    Ok(match m {
+        Match::IifPrefix(p) => vec![
+            Meta {
+                key: NFT_META_IIFNAME,
+            },
+            cmp(NFT_CMP_EQ, prefix(p)?),
+        ],
+        Match::OifPrefix(p) => vec![
+            Meta {
+                key: NFT_META_OIFNAME,
+            },
+            cmp(NFT_CMP_EQ, prefix(p)?),
+        ],
+        Match::CtEstablishedOrRelated => vec![
+            Ct { key: NFT_CT_STATE },
+            Bitwise {
+                mask: CT_ESTABLISHED_RELATED.to_ne_bytes(),
+                xor: [0; 4],
+            },
+            cmp(NFT_CMP_NEQ, &[0; 4]),
+        ],
+        Match::SourceNotRoutedViaIif => vec![
+            Fib {
+                flags: NFTA_FIB_F_SADDR | NFTA_FIB_F_IIF | NFTA_FIB_F_PRESENT,
+                result: NFT_FIB_RESULT_OIF,
+            },
+            cmp(NFT_CMP_EQ, &[0; 4]),
+        ],
+        Match::SaddrIn { set, family } => addr_in_set(*family, set, true),
+        Match::DaddrIn { set, family } => addr_in_set(*family, set, false),
+    })
+}
+
+/// `iifname "nm*"` compares only the prefix bytes, without a NUL.
+fn prefix(p: &str) -> Result<&[u8]> {
+    if p.is_empty() || p.len() > 15 {
+        return Err(Error::invalid(
+            format!("interface prefix {p:?}"),
+            "need 1-15 bytes",
+        ));
+    }
+    Ok(p.as_bytes())
+}
+
+/// In an inet table: `meta nfproto == ipv4`, load the address, look it up.
+fn addr_in_set(family: Family, set: &str, source: bool) -> Vec<Expr<'_>> {
+    let f = family_info(family);
+    let offset = if source {
+        f.saddr_offset
+    } else {
+        f.daddr_offset
+    };
+    vec![
+        Expr::Meta {
+            key: NFT_META_NFPROTO,
+        },
+        Expr::Cmp {
+            op: NFT_CMP_EQ,
+            data: vec![f.nfproto],
+        },
+        Expr::Payload {
+            offset,
+            len: f.addr_len,
+        },
+        Expr::Lookup { set },
+    ]
+}
+
+fn lower_verdict(v: &Verdict) -> Expr<'_> {
+    let (code, chain) = match v {
+        Verdict::Accept => (NF_ACCEPT, None),
+        Verdict::Drop => (NF_DROP, None),
+        Verdict::Return => (NFT_RETURN, None),
+        Verdict::Jump(c) => (NFT_JUMP, Some(c.as_str())),
+    };
+    Expr::Verdict { code, chain }
+}
+
+impl Expr<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Expr::Meta { .. } => "meta",
+            Expr::Ct { .. } => "ct",
+            Expr::Payload { .. } => "payload",
+            Expr::Fib { .. } => "fib",
+            Expr::Bitwise { .. } => "bitwise",
+            Expr::Cmp { .. } => "cmp",
+            Expr::Lookup { .. } => "lookup",
+            Expr::Verdict { .. } => "immediate",
+        }
+    }
+
+    /// Attribute numbers per expression are from linux/netfilter/nf_tables.h.
+    fn encode_data(&self, m: &mut Msg) {
+        match self {
+            Expr::Meta { key } | Expr::Ct { key } => {
+                m.u32_be(1, NFT_REG_1).u32_be(2, *key); // DREG, KEY
+            }
+            Expr::Payload { offset, len } => {
+                m.u32_be(1, NFT_REG_1) // DREG
+                    .u32_be(2, NFT_PAYLOAD_NETWORK_HEADER) // BASE
+                    .u32_be(3, *offset)
+                    .u32_be(4, *len);
+            }
+            Expr::Fib { flags, result } => {
+                m.u32_be(1, NFT_REG_1).u32_be(2, *result).u32_be(3, *flags); // DREG, RESULT, FLAGS
+            }
+            Expr::Bitwise { mask, xor } => {
+                m.u32_be(1, NFT_REG_1) // SREG
+                    .u32_be(2, NFT_REG_1) // DREG
+                    .u32_be(3, mask.len() as u32) // LEN
+                    .nest(4, |m| value(m, mask)) // MASK
+                    .nest(5, |m| value(m, xor)); // XOR
+            }
+            Expr::Cmp { op, data } => {
+                m.u32_be(1, NFT_REG_1)
+                    .u32_be(2, *op)
+                    .nest(3, |m| value(m, data)); // SREG, OP, DATA
+            }
+            Expr::Lookup { set } => {
+                m.str(1, set).u32_be(2, NFT_REG_1); // SET, SREG
+            }
+            Expr::Verdict { code, chain } => {
+                m.u32_be(1, NFT_REG_VERDICT).nest(2, |m| {
+                    m.nest(NFTA_DATA_VERDICT, |m| {
+                        m.u32_be(NFTA_VERDICT_CODE, *code as u32);
+                        if let Some(c) = chain {
+                            m.str(NFTA_VERDICT_CHAIN, c);
+                        }
+                    });
+                });
+            }
+        }
+    }
+}
+
+fn value(m: &mut Msg, data: &[u8]) {
+    m.attr(NFTA_DATA_VALUE, data);
+}
+
+/// Writes a rule's expression list (NFTA_RULE_EXPRESSIONS body).
+pub(super) fn encode_rule(m: &mut Msg, rule: &Rule) -> Result<()> {
+    let mut exprs = Vec::new();
+    for mat in &rule.matches {
+        exprs.extend(lower_match(mat)?);
+    }
+    exprs.push(lower_verdict(&rule.verdict));
+    for e in &exprs {
+        m.nest(NFTA_LIST_ELEM, |m| {
+            m.str(NFTA_EXPR_NAME, e.name())
+                .nest(NFTA_EXPR_DATA, |m| e.encode_data(m));
+        });
+    }
+    Ok(())
+}
+
+/// The rule's userdata: a comment TLV, as nft writes it (NUL included).
+pub(super) fn comment_udata(comment: &str) -> Result<Option<Vec<u8>>> {
+    if comment.is_empty() {
+        return Ok(None);
+    }
+    if comment.len() >= COMMENT_MAX || comment.contains('\0') {
+        return Err(Error::invalid(
+            format!("rule comment {comment:?}"),
+            format!("need at most {} bytes and no NUL", COMMENT_MAX - 1),
+        ));
+    }
+    let mut tlv = vec![UDATA_RULE_COMMENT, comment.len() as u8 + 1];
+    tlv.extend_from_slice(comment.as_bytes());
+    tlv.push(0);
+    Ok(Some(tlv))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addr_match_checks_nfproto_before_the_payload() {
+        let m = Match::DaddrIn {
+            set: "g_x_v6".into(),
+            family: Family::V6,
+        };
+        assert_eq!(
+            lower_match(&m).unwrap(),
+            vec![
+                Expr::Meta {
+                    key: NFT_META_NFPROTO
+                },
+                Expr::Cmp {
+                    op: NFT_CMP_EQ,
+                    data: vec![10]
+                },
+                Expr::Payload {
+                    offset: 24,
+                    len: 16
+                },
+                Expr::Lookup { set: "g_x_v6" },
+            ]
+        );
+    }
+
+    #[test]
+    fn prefix_match_compares_only_the_prefix() {
+        let m = Match::IifPrefix("nm".into());
+        let e = lower_match(&m).unwrap();
+        assert_eq!(
+            e[1],
+            Expr::Cmp {
+                op: NFT_CMP_EQ,
+                data: b"nm".to_vec()
+            }
+        );
+        assert!(lower_match(&Match::OifPrefix(String::new())).is_err());
+    }
+
+    #[test]
+    fn comment_is_a_nul_terminated_tlv() {
+        assert_eq!(
+            comment_udata("ab").unwrap(),
+            Some(vec![0, 3, b'a', b'b', 0])
+        );
+        assert_eq!(comment_udata("").unwrap(), None);
+        assert!(comment_udata(&"x".repeat(200)).is_err());
+    }
+}

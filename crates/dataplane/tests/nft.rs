@@ -1,0 +1,508 @@
+//! nftables against the real kernel, inside test namespaces, checked with
+//! `nft -j` (structure, not text).
+
+mod common;
+
+use common::{make_host, prerequisites, TestNs};
+use netmod_dataplane::{self as dp, Error, PlugSpec};
+use netmod_model::nft::{
+    BaseHook, ChainDef, Change, Family, HookKind, Match, Rule, Ruleset, SetDef, Verdict,
+    CHAIN_FORWARD, CHAIN_FROM_ENDPOINT, CHAIN_TO_ENDPOINT,
+};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Barrier;
+use std::time::Instant;
+
+fn addrs(list: &[&str]) -> BTreeSet<IpAddr> {
+    list.iter().map(|a| a.parse().unwrap()).collect()
+}
+
+fn set_def(name: &str, family: Family, elements: &[&str]) -> SetDef {
+    SetDef {
+        name: name.into(),
+        family,
+        elements: addrs(elements),
+    }
+}
+
+fn rule(matches: Vec<Match>, verdict: Verdict, comment: &str) -> Rule {
+    Rule {
+        matches,
+        verdict,
+        comment: comment.into(),
+    }
+}
+
+fn group_rule(set: &str, family: Family) -> Rule {
+    let m = vec![
+        Match::SaddrIn {
+            set: set.into(),
+            family,
+        },
+        Match::DaddrIn {
+            set: set.into(),
+            family,
+        },
+    ];
+    rule(m, Verdict::Accept, &format!("netgroup {set}"))
+}
+
+/// A ruleset shaped like the one policy computes: forward dispatches to two
+/// per-direction chains; netgroup sets per family.
+fn sample_ruleset(web: &[&str]) -> Ruleset {
+    let ct = || rule(vec![Match::CtEstablishedOrRelated], Verdict::Accept, "");
+    let forward = ChainDef {
+        name: CHAIN_FORWARD.into(),
+        hook: Some(BaseHook {
+            kind: HookKind::Forward,
+            priority: 0,
+            accept_by_default: true,
+        }),
+        rules: vec![
+            rule(
+                vec![Match::IifPrefix("nm".into())],
+                Verdict::Jump(CHAIN_FROM_ENDPOINT.into()),
+                "",
+            ),
+            rule(
+                vec![Match::OifPrefix("nm".into())],
+                Verdict::Jump(CHAIN_TO_ENDPOINT.into()),
+                "",
+            ),
+        ],
+    };
+    let from = ChainDef {
+        name: CHAIN_FROM_ENDPOINT.into(),
+        hook: None,
+        rules: vec![
+            rule(
+                vec![Match::SourceNotRoutedViaIif],
+                Verdict::Drop,
+                "anti-spoofing",
+            ),
+            ct(),
+            rule(vec![Match::OifPrefix("nm".into())], Verdict::Return, ""),
+            rule(vec![], Verdict::Accept, "to outside"),
+        ],
+    };
+    let to = ChainDef {
+        name: CHAIN_TO_ENDPOINT.into(),
+        hook: None,
+        rules: vec![
+            ct(),
+            group_rule("g_web_v4", Family::V4),
+            group_rule("g_web_v6", Family::V6),
+            rule(
+                vec![Match::DaddrIn {
+                    set: "public_v4".into(),
+                    family: Family::V4,
+                }],
+                Verdict::Accept,
+                "public",
+            ),
+            rule(vec![], Verdict::Drop, "default deny"),
+        ],
+    };
+    let v4: Vec<&str> = web.iter().copied().filter(|a| !a.contains(':')).collect();
+    let v6: Vec<&str> = web.iter().copied().filter(|a| a.contains(':')).collect();
+    let sets = [
+        set_def("g_web_v4", Family::V4, &v4),
+        set_def("g_web_v6", Family::V6, &v6),
+        set_def("public_v4", Family::V4, &[]),
+    ];
+    Ruleset {
+        chains: vec![forward, from, to],
+        sets: sets.into_iter().map(|s| (s.name.clone(), s)).collect(),
+    }
+}
+
+/// `nft -j` output without what differs between equal tables: handles,
+/// metainfo, and the (hash) order of set elements.
+fn normalize(v: Value) -> Vec<Value> {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.remove("handle");
+                if let Some(Value::Array(elems)) = m.get_mut("elem") {
+                    elems.sort_by_key(|e| e.to_string());
+                }
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut items: Vec<Value> = v["nftables"].as_array().unwrap().clone();
+    items.retain(|i| i.get("metainfo").is_none());
+    items.iter_mut().for_each(strip);
+    items
+}
+
+fn objects(ns: &TestNs, kind: &str) -> Vec<Value> {
+    let items = normalize(ns.nft_json().expect("table exists"));
+    items
+        .into_iter()
+        .filter_map(|i| i.get(kind).cloned())
+        .collect()
+}
+
+fn set_elems(ns: &TestNs, name: &str) -> BTreeSet<String> {
+    let set = objects(ns, "set")
+        .into_iter()
+        .find(|s| s["name"] == name)
+        .unwrap();
+    let elems = set
+        .get("elem")
+        .and_then(|e| e.as_array().cloned())
+        .unwrap_or_default();
+    elems
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn replace_all_matches_what_nft_makes_of_the_same_ruleset() {
+    if !prerequisites() {
+        return;
+    }
+    let rs = sample_ruleset(&["10.251.0.5", "10.251.0.6", "fd4e:6d74::6"]);
+    let (ours, reference) = (TestNs::new(), TestNs::new());
+    ours.run(|| dp::nft_replace_all(&rs)).expect("replace_all");
+    let file = std::env::temp_dir().join(format!("{}.nft", reference.name));
+    std::fs::write(&file, rs.to_string()).unwrap();
+    let out = reference.exec(&["nft", "-f", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (a, b) = (ours.nft_json().unwrap(), reference.nft_json().unwrap());
+    assert_eq!(normalize(a), normalize(b));
+
+    // A few facts spelled out, so a shared misreading cannot hide.
+    let chains = objects(&ours, "chain");
+    assert_eq!(
+        chains[0],
+        json!({"family": "inet", "table": "netmod", "name": "forward", "type": "filter",
+               "hook": "forward", "prio": 0, "policy": "accept"})
+    );
+    let rules = objects(&ours, "rule");
+    assert_eq!(rules.len(), 11);
+    assert_eq!(rules[2]["comment"], "anti-spoofing");
+    assert_eq!(
+        rules[2]["expr"][0]["match"]["left"],
+        json!({"fib": {"result": "oif", "flags": ["saddr", "iif"]}})
+    );
+    assert_eq!(rules[0]["expr"][0]["match"]["right"], "nm*");
+    assert_eq!(
+        set_elems(&ours, "g_web_v4"),
+        ["10.251.0.5", "10.251.0.6"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+}
+
+#[test]
+fn replace_all_replaces_the_previous_table_whole() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = TestNs::new();
+    ns.run(|| dp::nft_replace_all(&sample_ruleset(&["10.251.0.5"])))
+        .unwrap();
+    let mut second = sample_ruleset(&["10.251.0.7"]);
+    second.sets.remove("g_web_v6");
+    second.chains[2].rules.remove(2); // the rule using g_web_v6
+    ns.run(|| dp::nft_replace_all(&second)).unwrap();
+    let names: Vec<Value> = objects(&ns, "set")
+        .iter()
+        .map(|s| s["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("g_web_v4"), json!("public_v4")]);
+    assert_eq!(
+        set_elems(&ns, "g_web_v4"),
+        ["10.251.0.7".to_string()].into()
+    );
+    assert_eq!(objects(&ns, "rule").len(), 10);
+}
+
+#[test]
+fn a_failed_replace_leaves_the_previous_table_in_force() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = TestNs::new();
+    ns.run(|| dp::nft_replace_all(&sample_ruleset(&["10.251.0.5"])))
+        .unwrap();
+    let before = normalize(ns.nft_json().unwrap());
+    let mut broken = sample_ruleset(&["10.251.0.9"]);
+    broken.sets.remove("public_v4"); // a rule still uses it
+    let err = ns.run(|| dp::nft_replace_all(&broken)).unwrap_err();
+    assert!(err.to_string().contains("public"), "{err}");
+    assert_eq!(normalize(ns.nft_json().unwrap()), before);
+}
+
+#[test]
+fn apply_adds_and_removes_elements_idempotently() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = TestNs::new();
+    ns.run(|| dp::nft_replace_all(&sample_ruleset(&["10.251.0.5"])))
+        .unwrap();
+    let add = |elements: &[&str]| Change::AddElements {
+        set: "g_web_v4".into(),
+        family: Family::V4,
+        elements: addrs(elements).into_iter().collect(),
+    };
+    let del = |elements: &[&str]| Change::DeleteElements {
+        set: "g_web_v4".into(),
+        family: Family::V4,
+        elements: addrs(elements).into_iter().collect(),
+    };
+    let listed = ns.run(|| {
+        dp::nft_apply(&[add(&["10.251.0.6", "10.251.0.7"])]).unwrap();
+        dp::nft_apply(&[add(&["10.251.0.6"])]).expect("adding a present element");
+        dp::nft_apply(&[del(&["10.251.0.5", "10.251.0.99"])]).expect("deleting a missing element");
+        dp::nft_list_set_elements("g_web_v4", Family::V4).unwrap()
+    });
+    assert_eq!(listed, addrs(&["10.251.0.6", "10.251.0.7"]));
+    assert_eq!(
+        set_elems(&ns, "g_web_v4"),
+        ["10.251.0.6", "10.251.0.7"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+
+    // Wrong family is refused before anything is sent.
+    let wrong = Change::AddElements {
+        set: "g_web_v4".into(),
+        family: Family::V4,
+        elements: vec!["fd4e::1".parse().unwrap()],
+    };
+    let err = ns.run(|| dp::nft_apply(&[wrong])).unwrap_err();
+    assert!(matches!(err.root(), Error::Invalid { .. }), "{err}");
+}
+
+#[test]
+fn a_failed_apply_changes_nothing() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = TestNs::new();
+    ns.run(|| dp::nft_replace_all(&sample_ruleset(&[])))
+        .unwrap();
+    let changes = [
+        Change::AddElements {
+            set: "g_web_v4".into(),
+            family: Family::V4,
+            elements: vec!["10.251.0.8".parse().unwrap()],
+        },
+        Change::AppendRule {
+            chain: "no_such_chain".into(),
+            rule: rule(vec![], Verdict::Accept, ""),
+        },
+    ];
+    let err = ns.run(|| dp::nft_apply(&changes)).unwrap_err();
+    assert!(err.to_string().contains("no_such_chain"), "{err}");
+    assert_eq!(err.os_error(), Some(libc::ENOENT));
+    let left = ns
+        .run(|| dp::nft_list_set_elements("g_web_v4", Family::V4))
+        .unwrap();
+    assert!(left.is_empty());
+}
+
+fn create_group(name: &str, member: &str) -> Vec<Change> {
+    vec![
+        Change::CreateSet(set_def(name, Family::V4, &[member])),
+        Change::AppendRule {
+            chain: CHAIN_TO_ENDPOINT.into(),
+            rule: group_rule(name, Family::V4),
+        },
+    ]
+}
+
+#[test]
+fn create_set_is_exclusive_and_the_loser_changes_nothing() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = TestNs::new();
+    ns.run(|| dp::nft_replace_all(&sample_ruleset(&[])))
+        .unwrap();
+    let rules_before = objects(&ns, "rule").len();
+    ns.run(|| dp::nft_apply(&create_group("g_db_v4", "10.251.0.20")))
+        .expect("first create");
+    let err = ns
+        .run(|| dp::nft_apply(&create_group("g_db_v4", "10.251.0.21")))
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::AlreadyExists { what } if what == "set g_db_v4"),
+        "{err}"
+    );
+    assert_eq!(objects(&ns, "rule").len(), rules_before + 1);
+    assert_eq!(
+        set_elems(&ns, "g_db_v4"),
+        ["10.251.0.20".to_string()].into()
+    );
+
+    // The retry without the creation succeeds.
+    let retry = Change::AddElements {
+        set: "g_db_v4".into(),
+        family: Family::V4,
+        elements: vec!["10.251.0.21".parse().unwrap()],
+    };
+    ns.run(|| dp::nft_apply(&[retry])).unwrap();
+    assert_eq!(set_elems(&ns, "g_db_v4").len(), 2);
+}
+
+#[test]
+fn racing_creators_of_one_set_exactly_one_wins() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = TestNs::new();
+    ns.run(|| dp::nft_replace_all(&sample_ruleset(&[])))
+        .unwrap();
+    let rounds = 20;
+    for round in 0..rounds {
+        let name = format!("g_race{round}_v4");
+        let barrier = Barrier::new(2);
+        let results: Vec<_> = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..2)
+                .map(|i| {
+                    let (name, barrier, path) = (&name, &barrier, ns.path());
+                    s.spawn(move || {
+                        dp::in_netns(&path, || {
+                            barrier.wait();
+                            dp::nft_apply(&create_group(name, &format!("10.251.1.{i}")))
+                        })
+                        .unwrap()
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let wins = results.iter().filter(|r| r.is_ok()).count();
+        let lost = results
+            .iter()
+            .filter(|r| matches!(r, Err(Error::AlreadyExists { .. })));
+        assert_eq!((wins, lost.count()), (1, 1), "round {round}: {results:?}");
+    }
+    assert_eq!(objects(&ns, "rule").len(), 11 + rounds);
+}
+
+#[test]
+fn existence_checks_and_table_deletion() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = TestNs::new();
+    let seen = ns.run(|| {
+        let before = (
+            dp::nft_table_exists().unwrap(),
+            dp::nft_set_exists("g_web_v4").unwrap(),
+        );
+        let deleted_absent = dp::nft_delete_table().unwrap();
+        dp::nft_replace_all(&sample_ruleset(&[])).unwrap();
+        let after = (
+            dp::nft_table_exists().unwrap(),
+            dp::nft_set_exists("g_web_v4").unwrap(),
+            dp::nft_set_exists("g_nope_v4").unwrap(),
+        );
+        let deleted = dp::nft_delete_table().unwrap();
+        (
+            before,
+            deleted_absent,
+            after,
+            deleted,
+            dp::nft_table_exists().unwrap(),
+        )
+    });
+    assert_eq!(
+        seen,
+        ((false, false), false, (true, true, false), true, false)
+    );
+    assert!(ns.nft_json().is_none());
+}
+
+#[test]
+fn fifty_thousand_elements_in_one_transaction() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = TestNs::new();
+    let mut rs = sample_ruleset(&[]);
+    let v4 = (0..50_000u32).map(|i| IpAddr::from((0x0a00_0000 + i).to_be_bytes()));
+    let v6 = (0..50_000u128).map(|i| IpAddr::from((0xfd4e_u128 << 112 | i).to_be_bytes()));
+    rs.sets.get_mut("g_web_v4").unwrap().elements = v4.collect();
+    rs.sets.get_mut("g_web_v6").unwrap().elements = v6.collect();
+    let (took, n4, n6, one) = ns.run(|| {
+        let start = Instant::now();
+        dp::nft_replace_all(&rs).unwrap();
+        let took = start.elapsed();
+        let n4 = dp::nft_list_set_elements("g_web_v4", Family::V4).unwrap();
+        let n6 = dp::nft_list_set_elements("g_web_v6", Family::V6).unwrap();
+        let start = Instant::now();
+        dp::nft_apply(&[Change::AddElements {
+            set: "g_web_v4".into(),
+            family: Family::V4,
+            elements: vec!["10.251.9.9".parse().unwrap()],
+        }])
+        .unwrap();
+        (took, n4, n6, start.elapsed())
+    });
+    eprintln!("replace_all with 100,000 elements: {took:?}; one more element: {one:?}");
+    assert_eq!(n4, rs.sets["g_web_v4"].elements);
+    assert_eq!(n6, rs.sets["g_web_v6"].elements);
+    let listed = set_elems(&ns, "g_web_v6");
+    assert_eq!(listed.len(), 50_000);
+}
+
+/// The rules do what they say: two containers on one host reach each other
+/// only once both are in the same netgroup set.
+#[test]
+fn rules_filter_forwarded_traffic_between_containers() {
+    if !prerequisites() {
+        return;
+    }
+    let (host, c1, c2) = (TestNs::new(), TestNs::new(), TestNs::new());
+    make_host(&host);
+    let plug = |iface: &str, cont: &TestNs, addr: &str| PlugSpec {
+        host_iface: iface.into(),
+        container_iface: "eth0".into(),
+        netns: cont.path(),
+        container_mac: netmod_model::container_mac(iface, "eth0"),
+        ipv4: vec![addr.parse().unwrap()],
+        ipv6: vec![],
+    };
+    host.run(|| {
+        dp::plug(&plug("nmtc1", &c1, "10.251.2.1")).unwrap();
+        dp::plug(&plug("nmtc2", &c2, "10.251.2.2")).unwrap();
+        dp::nft_replace_all(&sample_ruleset(&["10.251.2.1"])).unwrap();
+    });
+    let _listener = c2.listen("10.251.2.2:9000");
+    assert!(
+        !c1.can_connect("10.251.2.2:9000"),
+        "dropped while c2 is not in the group"
+    );
+    let join = Change::AddElements {
+        set: "g_web_v4".into(),
+        family: Family::V4,
+        elements: vec!["10.251.2.2".parse().unwrap()],
+    };
+    host.run(|| dp::nft_apply(&[join])).unwrap();
+    assert!(
+        c1.can_connect("10.251.2.2:9000"),
+        "allowed once both are in the group"
+    );
+    // From the host itself (not forwarded) is never filtered by this table.
+    assert!(host.can_connect("10.251.2.2:9000"));
+}

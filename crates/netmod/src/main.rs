@@ -1,0 +1,78 @@
+//! `netmod`: IP-per-container networking and netgroup isolation.
+//!
+//! Thin entry point: parse arguments, run one subcommand, and turn any error
+//! into the caller's format and a non-zero exit status in one place.
+
+mod bench;
+mod mesos;
+mod ops;
+mod output;
+
+use clap::{Parser, Subcommand};
+use output::Format;
+
+#[derive(Parser)]
+#[command(
+    name = "netmod",
+    version,
+    about = "IP-per-container networking with netgroup isolation"
+)]
+struct Cli {
+    /// Datastore: a SQLite file path or etcd://HOST:PORT[,HOST:PORT] (default: $NETMOD_STORE or /var/lib/netmod/netmod.db).
+    #[arg(long, global = true)]
+    store: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The net-modules plugin: one JSON request on stdin, one JSON reply on stdout.
+    Mesos,
+    /// Manage address pools.
+    #[command(subcommand)]
+    Pool(ops::PoolCmd),
+    /// Inspect and release address allocations.
+    #[command(subcommand)]
+    Ipam(ops::IpamCmd),
+    /// Measure netmod against its baselines and write bench/results/*.md.
+    Bench(bench::BenchArgs),
+}
+
+/// An error for a human: one clear sentence, exit status 1.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Store(#[from] netmod_store::StoreError),
+    #[error(transparent)]
+    Ipam(#[from] netmod_ipam::IpamError),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let store_flag = cli.store.as_deref();
+    let result = match cli.cmd {
+        Cmd::Mesos => std::process::exit(mesos::main(store_flag)),
+        Cmd::Pool(cmd) => open(store_flag).and_then(|s| ops::pool(&*s, cmd, cli.output)),
+        Cmd::Ipam(cmd) => open(store_flag).and_then(|s| ops::ipam(&*s, cmd, cli.output)),
+        Cmd::Bench(args) => bench::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("netmod: error: {e}");
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            eprintln!("  caused by: {s}");
+            source = s.source();
+        }
+        std::process::exit(1);
+    }
+}
+
+fn open(flag: Option<&str>) -> Result<Box<dyn netmod_store::Store>, CliError> {
+    Ok(netmod_store::open(&netmod_store::store_address(flag))?)
+}

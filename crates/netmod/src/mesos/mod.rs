@@ -1,0 +1,82 @@
+//! The net-modules door: `netmod mesos` reads one JSON request on stdin and
+//! writes one JSON reply on stdout, as Mesos's network isolator module expects.
+
+pub mod protocol;
+
+use netmod_ipam::{AllocRequest, Ipam};
+use netmod_model::AllocAttrs;
+use protocol::{Invalid, Release, Request};
+use serde_json::{json, Value};
+use std::io::Read;
+use std::net::IpAddr;
+
+/// Run one request from stdin; print the reply; return the exit status.
+pub fn main(store_flag: Option<&str>) -> i32 {
+    let mut input = Vec::new();
+    let limit = protocol::MAX_REQUEST_BYTES as u64 + 1;
+    let reply = match std::io::stdin().take(limit).read_to_end(&mut input) {
+        Err(e) => Err(format!("cannot read the request from stdin: {e}")),
+        Ok(_) => protocol::parse(&input)
+            .map_err(|Invalid(msg)| msg)
+            .and_then(|req| execute(store_flag, req)),
+    };
+    match reply {
+        Ok(mut value) => {
+            value["error"] = Value::Null;
+            println!("{value}");
+            0
+        }
+        Err(msg) => {
+            println!("{}", json!({ "error": msg }));
+            1
+        }
+    }
+}
+
+fn open_store(flag: Option<&str>) -> Result<Box<dyn netmod_store::Store>, String> {
+    netmod_store::open(&netmod_store::store_address(flag)).map_err(|e| e.to_string())
+}
+
+fn execute(store_flag: Option<&str>, req: Request) -> Result<Value, String> {
+    let store = open_store(store_flag)?;
+    let ipam = Ipam::new(&*store);
+    match req {
+        Request::Allocate(a) => {
+            let got = ipam
+                .allocate(&AllocRequest {
+                    handle: a.uid,
+                    attrs: AllocAttrs {
+                        host: a.hostname,
+                        netgroups: a.netgroups,
+                        labels: a.labels,
+                    },
+                    num_ipv4: a.num_ipv4,
+                    num_ipv6: a.num_ipv6,
+                    static_addrs: a.static_ipv4.into_iter().map(IpAddr::V4).collect(),
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(json!({ "ipv4": got.ipv4, "ipv6": got.ipv6 }))
+        }
+        Request::Reserve(r) => {
+            let attrs = AllocAttrs {
+                host: r.hostname,
+                netgroups: r.netgroups,
+                labels: r.labels,
+            };
+            ipam.reserve(&r.uid, &attrs, &r.addrs)
+                .map_err(|e| e.to_string())?;
+            Ok(json!({}))
+        }
+        Request::Release(Release::Uid(uid)) => {
+            ipam.release_handle(&uid).map_err(|e| e.to_string())?;
+            Ok(json!({}))
+        }
+        Request::Release(Release::Ips(ips)) => {
+            ipam.release_addrs(&ips).map_err(|e| e.to_string())?;
+            Ok(json!({}))
+        }
+        Request::Isolate(_) | Request::Cleanup(_) => {
+            Err("isolate and cleanup need the dataplane, which this build lacks".into())
+        }
+    }
+}

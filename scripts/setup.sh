@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install everything netmod's build, tests, benchmarks and demo need on a fresh
+# Debian 12 machine (as root), then build. Safe to run again: it installs only
+# what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  pkg-config libnftnl-dev libmnl-dev nftables iproute2 iputils-ping procps psmisc
+  sqlite3 curl jq
+  containernetworking-plugins iperf3 busybox-static
+  podman runc
+  chromium
+  etcd-server etcd-client protobuf-compiler libprotobuf-dev
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+fi
+command -v cargo >/dev/null || { echo "setup: cargo not found (install Rust with rustup)" >&2; exit 1; }
+
+# Our own (debug) binaries are what the tests run; release ones serve the demo and benches.
+cargo build --workspace --release --quiet
