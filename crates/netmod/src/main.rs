@@ -40,6 +40,18 @@ enum Cmd {
     Ipam(ops::IpamCmd),
     /// Measure netmod against its baselines and write bench/results/*.md.
     Bench(bench::BenchArgs),
+    /// The local lab: Mesos + Marathon + Mesos-DNS stand-ins in network namespaces (`netmod lab --help`).
+    #[command(disable_help_flag = true)]
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The seed's demo story, unattended: before, per-task IPs, isolated (`netmod demo --help`).
+    #[command(disable_help_flag = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// An error for a human: one clear sentence, exit status 1.
@@ -61,6 +73,8 @@ fn main() {
         Cmd::Pool(cmd) => open(store_flag).and_then(|s| ops::pool(&*s, cmd, cli.output)),
         Cmd::Ipam(cmd) => open(store_flag).and_then(|s| ops::ipam(&*s, cmd, cli.output)),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Lab { args } => std::process::exit(netmod_lab::main(args)),
+        Cmd::Demo { args } => std::process::exit(netmod_lab::demo(args)),
     };
     if let Err(e) = result {
         eprintln!("netmod: error: {e}");
