@@ -1,0 +1,291 @@
+use netmod_model::nft::*;
+use netmod_model::{Endpoint, HOST_IFACE_PREFIX, PUBLIC_NETGROUP};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// Holds one accept rule per netgroup and family; `to_endpoint` jumps here.
+pub const CHAIN_NETGROUPS: &str = "netgroups";
+
+/// The sets every host has, whatever its endpoints.
+pub struct BaseSets;
+impl BaseSets {
+    /// Local endpoints with at least one netgroup: they may send beyond their host.
+    pub fn grouped(f: Family) -> String {
+        format!("grouped_{}", f.suffix())
+    }
+    /// Local endpoints in `public`: everyone may reach them.
+    pub fn public(f: Family) -> String {
+        format!("public_{}", f.suffix())
+    }
+}
+
+/// The set holding a netgroup's members (on every host). Set names must be
+/// plain nft identifiers, so other characters are replaced, and a short hash
+/// of the real name keeps the mapping one-to-one.
+pub fn group_set_name(group: &str, f: Family) -> String {
+    let plain: String = group
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if plain == group {
+        format!("g_{group}_{}", f.suffix())
+    } else {
+        let mut h: u32 = 0x811c9dc5;
+        for b in group.bytes() {
+            h = (h ^ b as u32).wrapping_mul(0x01000193);
+        }
+        format!("g_{plain}_{:04x}_{}", h & 0xffff, f.suffix())
+    }
+}
+
+fn rule(matches: Vec<Match>, verdict: Verdict, comment: &str) -> Rule {
+    Rule {
+        matches,
+        verdict,
+        comment: comment.to_string(),
+    }
+}
+
+/// The accept rule for one netgroup and family: both ends are members.
+pub fn group_rule(group: &str, f: Family) -> Rule {
+    let set = group_set_name(group, f);
+    rule(
+        vec![
+            Match::SaddrIn {
+                set: set.clone(),
+                family: f,
+            },
+            Match::DaddrIn { set, family: f },
+        ],
+        Verdict::Accept,
+        &format!("netgroup {group}"),
+    )
+}
+
+fn base_chains() -> Vec<ChainDef> {
+    let ep = HOST_IFACE_PREFIX.to_string();
+    let per_family =
+        |make: &dyn Fn(Family) -> Rule| Family::BOTH.iter().map(|f| make(*f)).collect::<Vec<_>>();
+    let mut from = vec![
+        rule(
+            vec![Match::SourceNotRoutedViaIif],
+            Verdict::Drop,
+            "anti-spoofing: an endpoint sends only from its own addresses",
+        ),
+        rule(
+            vec![Match::CtEstablishedOrRelated],
+            Verdict::Accept,
+            "replies of allowed connections",
+        ),
+    ];
+    from.extend(per_family(&|f| {
+        rule(
+            vec![Match::SaddrIn {
+                set: BaseSets::grouped(f),
+                family: f,
+            }],
+            Verdict::Return,
+            "netgroup member: may send beyond its host",
+        )
+    }));
+    from.push(rule(
+        vec![],
+        Verdict::Drop,
+        "host profile: no netgroup, reaches only its own host",
+    ));
+    let mut to = vec![rule(
+        vec![Match::CtEstablishedOrRelated],
+        Verdict::Accept,
+        "replies of allowed connections",
+    )];
+    to.extend(per_family(&|f| {
+        rule(
+            vec![Match::DaddrIn {
+                set: BaseSets::public(f),
+                family: f,
+            }],
+            Verdict::Accept,
+            "profile public",
+        )
+    }));
+    to.push(rule(
+        vec![],
+        Verdict::Jump(CHAIN_NETGROUPS.into()),
+        "netgroup profiles",
+    ));
+    to.push(rule(vec![], Verdict::Drop, "default: drop"));
+    vec![
+        ChainDef {
+            name: CHAIN_FORWARD.into(),
+            hook: Some(BaseHook {
+                kind: HookKind::Forward,
+                priority: 0,
+                accept_by_default: true,
+            }),
+            rules: vec![
+                rule(
+                    vec![Match::IifPrefix(ep.clone())],
+                    Verdict::Jump(CHAIN_FROM_ENDPOINT.into()),
+                    "outbound checks of local endpoints",
+                ),
+                rule(
+                    vec![Match::OifPrefix(ep)],
+                    Verdict::Jump(CHAIN_TO_ENDPOINT.into()),
+                    "inbound checks of local endpoints",
+                ),
+            ],
+        },
+        ChainDef {
+            name: CHAIN_FROM_ENDPOINT.into(),
+            hook: None,
+            rules: from,
+        },
+        ChainDef {
+            name: CHAIN_TO_ENDPOINT.into(),
+            hook: None,
+            rules: to,
+        },
+        ChainDef {
+            name: CHAIN_NETGROUPS.into(),
+            hook: None,
+            rules: Vec::new(),
+        },
+    ]
+}
+
+fn add_to(sets: &mut BTreeMap<String, SetDef>, name: String, family: Family, addr: Option<IpAddr>) {
+    let set = sets.entry(name.clone()).or_insert_with(|| SetDef {
+        name,
+        family,
+        elements: BTreeSet::new(),
+    });
+    if let Some(a) = addr {
+        set.elements.insert(a);
+    }
+}
+
+/// The whole table host `host` needs, given every live endpoint in the cluster.
+pub fn ruleset(host: &str, endpoints: &[Endpoint]) -> Ruleset {
+    let mut sets = BTreeMap::new();
+    for f in Family::BOTH {
+        add_to(&mut sets, BaseSets::grouped(f), f, None);
+        add_to(&mut sets, BaseSets::public(f), f, None);
+    }
+    let local: Vec<&Endpoint> = endpoints.iter().filter(|e| e.host == host).collect();
+    // Netgroups used here, other than `public`, which is a profile of its own.
+    let groups: BTreeSet<&str> = local
+        .iter()
+        .flat_map(|e| e.netgroups.iter().map(String::as_str))
+        .filter(|g| *g != PUBLIC_NETGROUP)
+        .collect();
+    for ep in &local {
+        for a in ep.addrs() {
+            let f = Family::of(&a);
+            if !ep.netgroups.is_empty() {
+                add_to(&mut sets, BaseSets::grouped(f), f, Some(a));
+            }
+            if ep.netgroups.iter().any(|g| g == PUBLIC_NETGROUP) {
+                add_to(&mut sets, BaseSets::public(f), f, Some(a));
+            }
+        }
+    }
+    for g in &groups {
+        for f in Family::BOTH {
+            add_to(&mut sets, group_set_name(g, f), f, None);
+        }
+    }
+    for ep in endpoints {
+        for g in ep.netgroups.iter().filter(|g| groups.contains(g.as_str())) {
+            for a in ep.addrs() {
+                let f = Family::of(&a);
+                add_to(&mut sets, group_set_name(g, f), f, Some(a));
+            }
+        }
+    }
+    let mut chains = base_chains();
+    let netgroups = chains
+        .iter_mut()
+        .find(|c| c.name == CHAIN_NETGROUPS)
+        .expect("base chains include netgroups");
+    for g in &groups {
+        for f in Family::BOTH {
+            netgroups.rules.push(group_rule(g, f));
+        }
+    }
+    Ruleset { chains, sets }
+}
+
+/// The changes that bring `current` (what the kernel holds) to `desired`, as
+/// set and element operations plus one rule per new netgroup set. Sets that
+/// are no longer wanted are emptied, not deleted: deleting a set means
+/// deleting the rule that uses it, which a full resync does.
+pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for (name, want) in &desired.sets {
+        match current.sets.get(name) {
+            None => {
+                changes.push(Change::CreateSet(want.clone()));
+                if let Some(rule) = desired
+                    .chains
+                    .iter()
+                    .filter(|c| c.name == CHAIN_NETGROUPS)
+                    .flat_map(|c| &c.rules)
+                    .find(|r| {
+                        r.matches
+                            .iter()
+                            .any(|m| matches!(m, Match::DaddrIn { set, .. } if set == name))
+                    })
+                {
+                    changes.push(Change::AppendRule {
+                        chain: CHAIN_NETGROUPS.into(),
+                        rule: rule.clone(),
+                    });
+                }
+            }
+            Some(have) => push_element_changes(
+                &mut changes,
+                name,
+                want.family,
+                &have.elements,
+                &want.elements,
+            ),
+        }
+    }
+    for (name, have) in &current.sets {
+        if !desired.sets.contains_key(name) {
+            push_element_changes(
+                &mut changes,
+                name,
+                have.family,
+                &have.elements,
+                &BTreeSet::new(),
+            );
+        }
+    }
+    changes
+}
+
+fn push_element_changes(
+    changes: &mut Vec<Change>,
+    set: &str,
+    family: Family,
+    have: &BTreeSet<IpAddr>,
+    want: &BTreeSet<IpAddr>,
+) {
+    let add: Vec<IpAddr> = want.difference(have).copied().collect();
+    let del: Vec<IpAddr> = have.difference(want).copied().collect();
+    if !add.is_empty() {
+        changes.push(Change::AddElements {
+            set: set.to_string(),
+            family,
+            elements: add,
+        });
+    }
+    if !del.is_empty() {
+        changes.push(Change::DeleteElements {
+            set: set.to_string(),
+            family,
+            elements: del,
+        });
+    }
+}
