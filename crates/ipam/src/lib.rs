@@ -382,6 +382,21 @@ impl<'a> Ipam<'a> {
         })
     }
 
+    /// The handle holding an address, if any.
+    pub fn holder(&self, addr: &IpAddr) -> Result<Option<String>> {
+        let snap = self.pool_snapshot()?;
+        let Some(pool) = snap.pools.iter().find(|p| p.cidr.contains(addr)) else {
+            return Ok(None);
+        };
+        let cidr = IpNet::new(*addr, pool.block_prefix)
+            .expect("prefix checked when the pool was added")
+            .trunc();
+        Ok(match self.store.get(&block_key(&cidr))? {
+            Some(kv) => read::<Block>(&kv)?.slots.get(&ordinal(&cidr, addr)).cloned(),
+            None => None,
+        })
+    }
+
     pub fn handles(&self) -> Result<Vec<HandleRecord>> {
         let (kvs, _) = self.store.range(HANDLES)?;
         Ok(kvs.iter().map(decode).collect::<Result<_, _>>()?)

@@ -3,10 +3,14 @@
 //! Thin entry point: parse arguments, run one subcommand, and turn any error
 //! into the caller's format and a non-zero exit status in one place.
 
+mod attach;
 mod bench;
+mod explain;
 mod mesos;
+mod node;
 mod ops;
 mod output;
+mod registry;
 
 use clap::{Parser, Subcommand};
 use output::Format;
@@ -38,6 +42,18 @@ enum Cmd {
     /// Inspect and release address allocations.
     #[command(subcommand)]
     Ipam(ops::IpamCmd),
+    /// The per-host daemon: keeps this host's routes and nftables policy in step with the datastore.
+    Node(node::NodeArgs),
+    /// List the endpoints plugged in on every host.
+    Endpoints,
+    /// Say whether FROM may reach TO, and which rule decides (endpoints by container id, address or task name; hosts by name or address).
+    Explain {
+        from: String,
+        to: String,
+        /// e.g. 9000/tcp
+        #[arg(long)]
+        port: Option<String>,
+    },
     /// Measure netmod against its baselines and write bench/results/*.md.
     Bench(bench::BenchArgs),
     /// The local lab: Mesos + Marathon + Mesos-DNS stand-ins in network namespaces (`netmod lab --help`).
@@ -73,6 +89,16 @@ fn main() {
         Cmd::Pool(cmd) => open(store_flag).and_then(|s| ops::pool(&*s, cmd, cli.output)),
         Cmd::Ipam(cmd) => open(store_flag).and_then(|s| ops::ipam(&*s, cmd, cli.output)),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Node(args) => node::run(store_flag, args),
+        Cmd::Endpoints => open(store_flag).and_then(|s| explain::endpoints(&*s, cli.output)),
+        Cmd::Explain { from, to, port } => open(store_flag).and_then(|s| {
+            // Exit status 0 when allowed, 3 when dropped: scripts can branch on it.
+            explain::run(&*s, &from, &to, port, cli.output).map(|allowed| {
+                if !allowed {
+                    std::process::exit(3)
+                }
+            })
+        }),
         Cmd::Lab { args } => std::process::exit(netmod_lab::main(args)),
         Cmd::Demo { args } => std::process::exit(netmod_lab::demo(args)),
     };

@@ -3,6 +3,7 @@
 
 pub mod protocol;
 
+use crate::attach::{attach, detach, AttachRequest};
 use netmod_ipam::{AllocRequest, Ipam};
 use netmod_model::AllocAttrs;
 use protocol::{Invalid, Release, Request};
@@ -75,8 +76,43 @@ fn execute(store_flag: Option<&str>, req: Request) -> Result<Value, String> {
             ipam.release_addrs(&ips).map_err(|e| e.to_string())?;
             Ok(json!({}))
         }
-        Request::Isolate(_) | Request::Cleanup(_) => {
-            Err("isolate and cleanup need the dataplane, which this build lacks".into())
+        Request::Isolate(i) => {
+            let addrs: Vec<IpAddr> = i
+                .ipv4
+                .iter()
+                .map(|a| IpAddr::V4(*a))
+                .chain(i.ipv6.iter().map(|a| IpAddr::V6(*a)))
+                .collect();
+            let handle = match addrs.first() {
+                Some(a) => ipam.holder(a).map_err(|e| e.to_string())?,
+                None => None,
+            };
+            let req = AttachRequest {
+                host: i.hostname,
+                container_id: i.container_id,
+                container_iface: "eth0".into(),
+                netns: i.netns.path().into(),
+                ipv4: i.ipv4,
+                ipv6: i.ipv6,
+                netgroups: i.netgroups,
+                labels: i.labels,
+                source: "mesos",
+                handle,
+            };
+            attach(&*store, &req).map_err(|e| format!("isolate failed while {e}"))?;
+            Ok(json!({}))
+        }
+        Request::Cleanup(c) => {
+            let ep = detach(&*store, &c.hostname, &c.container_id, "eth0")
+                .map_err(|errs| format!("cleanup incomplete: {}", errs.join("; ")))?;
+            // Release what the container's handle still holds, unless `release` came first.
+            if let Some(handle) = ep.and_then(|e| e.handle) {
+                match ipam.release_handle(&handle) {
+                    Ok(_) | Err(netmod_ipam::IpamError::UnknownHandle(_)) => {}
+                    Err(e) => return Err(format!("cleanup could not release {handle}: {e}")),
+                }
+            }
+            Ok(json!({}))
         }
     }
 }

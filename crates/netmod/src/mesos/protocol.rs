@@ -53,7 +53,6 @@ pub enum Netns {
 }
 
 impl Netns {
-    #[allow(dead_code)] // used by isolate, which arrives with the dataplane
     pub fn path(&self) -> String {
         match self {
             Netns::Pid(pid) => format!("/proc/{pid}/ns/net"),

@@ -2,6 +2,8 @@
 //! store in a temporary directory and look at what it left behind.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use netmod_store::{SqliteStore, Store};
 use std::io::Write;
 use std::path::{Path, PathBuf};

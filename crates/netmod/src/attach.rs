@@ -1,0 +1,231 @@
+//! Plug a container into the network and unplug it: the work behind
+//! `netmod mesos isolate/cleanup` and CNI ADD/DEL. Each step that succeeds is
+//! undone if a later one fails, so a failed attach leaves nothing behind.
+
+use crate::registry::{Registry, RegistryError};
+use netmod_dataplane as dp;
+use netmod_model::nft::{Change, Family};
+use netmod_model::{container_mac, format_mac, host_iface_name, Endpoint, PUBLIC_NETGROUP};
+use netmod_policy::{group_rule, group_set_name, BaseSets, CHAIN_NETGROUPS};
+use netmod_store::Store;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct AttachRequest {
+    pub host: String,
+    pub container_id: String,
+    pub container_iface: String,
+    pub netns: PathBuf,
+    pub ipv4: Vec<Ipv4Addr>,
+    pub ipv6: Vec<Ipv6Addr>,
+    pub netgroups: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub source: &'static str,
+    /// The allocation handle holding the addresses, if the caller knows it.
+    pub handle: Option<String>,
+}
+
+/// A failed step, in words a caller can act on.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {reason}")]
+pub struct StepError {
+    pub step: &'static str,
+    pub reason: String,
+}
+
+fn step(step: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StepError {
+    move |e| StepError {
+        step,
+        reason: e.to_string(),
+    }
+}
+
+pub fn attach(store: &dyn Store, req: &AttachRequest) -> Result<Endpoint, StepError> {
+    if let Err(e) = std::fs::metadata(&req.netns) {
+        return Err(StepError {
+            step: "opening the container's network namespace",
+            reason: format!("{}: {e}", req.netns.display()),
+        });
+    }
+    let mac = container_mac(&req.container_id, &req.container_iface);
+    let ep = Endpoint {
+        host: req.host.clone(),
+        container_id: req.container_id.clone(),
+        iface: host_iface_name(&req.container_id, &req.container_iface),
+        container_iface: req.container_iface.clone(),
+        mac: format_mac(&mac),
+        ipv4: req.ipv4.clone(),
+        ipv6: req.ipv6.clone(),
+        netgroups: req.netgroups.clone(),
+        labels: req.labels.clone(),
+        netns: req.netns.display().to_string(),
+        source: req.source.to_string(),
+        handle: req.handle.clone(),
+    };
+    let registry = Registry::new(store);
+    registry.create_endpoint(&ep).map_err(|e| match e {
+        RegistryError::Store(e) => step("recording the endpoint")(&e),
+        other => StepError {
+            step: "recording the endpoint",
+            reason: other.to_string(),
+        },
+    })?;
+    let plugged = dp::plug(&dp::PlugSpec {
+        host_iface: ep.iface.clone(),
+        container_iface: ep.container_iface.clone(),
+        netns: req.netns.clone(),
+        container_mac: mac,
+        ipv4: ep.ipv4.clone(),
+        ipv6: ep.ipv6.clone(),
+    });
+    if let Err(e) = plugged {
+        let _ = registry.delete_endpoint(&ep);
+        return Err(step("plugging the container in")(&e));
+    }
+    if let Err(e) = add_local_policy(&registry, &ep) {
+        let _ = dp::unplug(&ep.iface);
+        let _ = registry.delete_endpoint(&ep);
+        return Err(step("programming policy")(&e));
+    }
+    Ok(ep)
+}
+
+/// Everything `detach` did not manage to undo (empty: all gone).
+pub type Leftovers = Vec<String>;
+
+/// Unplug a container's interface and forget it. Succeeds quietly when there
+/// is nothing left to remove; best effort otherwise, reporting every error.
+pub fn detach(
+    store: &dyn Store,
+    host: &str,
+    container_id: &str,
+    iface: &str,
+) -> Result<Option<Endpoint>, Leftovers> {
+    let registry = Registry::new(store);
+    let mut errors = Vec::new();
+    let ep = match registry.endpoint(host, container_id, iface) {
+        Ok(ep) => ep,
+        Err(e) => return Err(vec![format!("reading the endpoint record: {e}")]),
+    };
+    if let Some(ep) = &ep {
+        if let Err(e) = remove_local_policy(ep) {
+            errors.push(format!("removing policy entries: {e}"));
+        }
+    }
+    let host_iface = ep
+        .as_ref()
+        .map(|e| e.iface.clone())
+        .unwrap_or_else(|| host_iface_name(container_id, iface));
+    if let Err(e) = dp::unplug(&host_iface) {
+        errors.push(format!("deleting interface {host_iface}: {e}"));
+    }
+    if let Some(ep) = &ep {
+        if let Err(e) = registry.delete_endpoint(ep) {
+            errors.push(format!("deleting the endpoint record: {e}"));
+        }
+    }
+    if errors.is_empty() {
+        Ok(ep)
+    } else {
+        Err(errors)
+    }
+}
+
+fn family_addrs(ep: &Endpoint, f: Family) -> Vec<IpAddr> {
+    ep.addrs().filter(|a| Family::of(a) == f).collect()
+}
+
+/// The sets one local endpoint's addresses belong in.
+fn element_changes(ep: &Endpoint) -> Vec<(String, Family, Vec<IpAddr>)> {
+    let mut out = Vec::new();
+    for f in Family::BOTH {
+        let addrs = family_addrs(ep, f);
+        if addrs.is_empty() {
+            continue;
+        }
+        if !ep.netgroups.is_empty() {
+            out.push((BaseSets::grouped(f), f, addrs.clone()));
+        }
+        for g in &ep.netgroups {
+            if g == PUBLIC_NETGROUP {
+                out.push((BaseSets::public(f), f, addrs.clone()));
+            } else {
+                out.push((group_set_name(g, f), f, addrs.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Open the new endpoint's profiles on this host: its addresses join the
+/// sets, and a netgroup new to this host gets its set (with every member,
+/// wherever it runs) and its rule.
+fn add_local_policy(registry: &Registry, ep: &Endpoint) -> Result<(), String> {
+    if !dp::nft_table_exists().map_err(|e| e.to_string())? {
+        // First endpoint since boot (or the node never ran): install the whole table.
+        let endpoints = registry.endpoints().map_err(|e| e.to_string())?;
+        let ruleset = netmod_policy::ruleset(&ep.host, &endpoints);
+        match dp::nft_replace_all(&ruleset) {
+            Ok(()) => return Ok(()),
+            // Someone else installed it meanwhile: fall through to the increment.
+            Err(_) if dp::nft_table_exists().unwrap_or(false) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    for attempt in 0..3 {
+        let mut changes = Vec::new();
+        for g in ep.netgroups.iter().filter(|g| *g != PUBLIC_NETGROUP) {
+            for f in Family::BOTH {
+                let set = group_set_name(g, f);
+                if !dp::nft_set_exists(&set).map_err(|e| e.to_string())? {
+                    let members = registry.group_members(g).map_err(|e| e.to_string())?;
+                    changes.push(Change::CreateSet(netmod_model::nft::SetDef {
+                        name: set,
+                        family: f,
+                        elements: members
+                            .into_iter()
+                            .chain(ep.addrs())
+                            .filter(|a| Family::of(a) == f)
+                            .collect(),
+                    }));
+                    changes.push(Change::AppendRule {
+                        chain: CHAIN_NETGROUPS.into(),
+                        rule: group_rule(g, f),
+                    });
+                }
+            }
+        }
+        for (set, family, elements) in element_changes(ep) {
+            changes.push(Change::AddElements {
+                set,
+                family,
+                elements,
+            });
+        }
+        match dp::nft_apply(&changes) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_already_exists() && attempt < 2 => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("netgroup sets kept changing under us".into())
+}
+
+fn remove_local_policy(ep: &Endpoint) -> Result<(), String> {
+    if !dp::nft_table_exists().map_err(|e| e.to_string())? {
+        return Ok(());
+    }
+    let mut changes = Vec::new();
+    for (set, family, elements) in element_changes(ep) {
+        if dp::nft_set_exists(&set).map_err(|e| e.to_string())? {
+            changes.push(Change::DeleteElements {
+                set,
+                family,
+                elements,
+            });
+        }
+    }
+    dp::nft_apply(&changes).map_err(|e| e.to_string())
+}

@@ -1,0 +1,299 @@
+//! `netmod endpoints` and `netmod explain`: what is plugged in where, and why
+//! a packet from one endpoint (or host) to another is allowed or dropped,
+//! computed from the same rulesets the dataplane installs.
+
+use crate::output::{self, Format};
+use crate::registry::Registry;
+use crate::CliError;
+use netmod_model::{Endpoint, Host};
+use netmod_policy::{explain, Hop, Packet};
+use netmod_store::Store;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+pub fn endpoints(store: &dyn Store, fmt: Format) -> Result<(), CliError> {
+    let eps = Registry::new(store).endpoints()?;
+    if fmt == Format::Json {
+        output::json(&eps);
+        return Ok(());
+    }
+    output::table(
+        &[
+            "HOST",
+            "CONTAINER",
+            "NAME",
+            "IFACE",
+            "ADDRESSES",
+            "NETGROUPS",
+        ],
+        &eps.iter()
+            .map(|e| {
+                vec![
+                    e.host.clone(),
+                    e.container_id.clone(),
+                    name_of(e).unwrap_or("-").to_string(),
+                    e.iface.clone(),
+                    e.addrs()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    if e.netgroups.is_empty() {
+                        "-".into()
+                    } else {
+                        e.netgroups.join(",")
+                    },
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    Ok(())
+}
+
+/// A task name, from the labels a cluster manager attaches.
+fn name_of(e: &Endpoint) -> Option<&str> {
+    ["task", "name", "app"]
+        .iter()
+        .find_map(|k| e.labels.get(*k).map(String::as_str))
+}
+
+/// One side of the question: an endpoint, or a host's own address.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Party {
+    Endpoint {
+        host: String,
+        container_id: String,
+        addr: IpAddr,
+        iface: String,
+    },
+    Host {
+        host: String,
+        addr: IpAddr,
+    },
+}
+
+impl Party {
+    fn host(&self) -> &str {
+        match self {
+            Party::Endpoint { host, .. } | Party::Host { host, .. } => host,
+        }
+    }
+    fn addr(&self) -> IpAddr {
+        match self {
+            Party::Endpoint { addr, .. } | Party::Host { addr, .. } => *addr,
+        }
+    }
+}
+
+fn resolve(
+    what: &str,
+    eps: &[Endpoint],
+    hosts: &BTreeMap<String, Host>,
+) -> Result<Party, CliError> {
+    let ip: Option<IpAddr> = what.parse().ok();
+    let found: Vec<&Endpoint> = eps
+        .iter()
+        .filter(|e| {
+            e.container_id == what
+                || name_of(e) == Some(what)
+                || ip.is_some_and(|ip| e.addrs().any(|a| a == ip))
+        })
+        .collect();
+    match found.as_slice() {
+        [e] => {
+            let addr = ip
+                .filter(|ip| e.addrs().any(|a| a == *ip))
+                .or_else(|| e.addrs().next());
+            return Ok(Party::Endpoint {
+                host: e.host.clone(),
+                container_id: e.container_id.clone(),
+                addr: addr
+                    .ok_or_else(|| CliError::Other(format!("endpoint {what} has no address")))?,
+                iface: e.iface.clone(),
+            });
+        }
+        [] => {}
+        many => {
+            return Err(CliError::Other(format!(
+                "{what:?} names {} endpoints ({}); use a container id or an address",
+                many.len(),
+                many.iter()
+                    .map(|e| e.container_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+    }
+    if let Some(h) = hosts.values().find(|h| h.name == what || Some(h.ip) == ip) {
+        return Ok(Party::Host {
+            host: h.name.clone(),
+            addr: h.ip,
+        });
+    }
+    Err(CliError::Other(format!(
+        "no endpoint or host {what:?} (try a container id, an address, a task name or a host name; `netmod endpoints` lists them)"
+    )))
+}
+
+#[derive(Serialize)]
+struct Verdict {
+    from: Party,
+    to: Party,
+    port: Option<String>,
+    allowed: bool,
+    hops: Vec<Hop>,
+    summary: String,
+}
+
+/// The interface a packet leaves or enters a host by, toward other hosts.
+const UPLINK: &str = "(uplink)";
+
+pub fn run(
+    store: &dyn Store,
+    from: &str,
+    to: &str,
+    port: Option<String>,
+    fmt: Format,
+) -> Result<bool, CliError> {
+    let registry = Registry::new(store);
+    let hosts = registry.hosts()?;
+    let all = registry.endpoints()?;
+    let from = resolve(from, &all, &hosts)?;
+    let to = resolve(to, &all, &hosts)?;
+    // Only endpoints whose host is alive count, as on every node.
+    let ruleset_of = |host: &str| {
+        let live: Vec<Endpoint> = all
+            .iter()
+            .filter(|e| e.host == host || hosts.contains_key(&e.host))
+            .cloned()
+            .collect();
+        netmod_policy::ruleset(host, &live)
+    };
+    let mut hops = Vec::new();
+    let (saddr, daddr) = (from.addr(), to.addr());
+    match (&from, &to) {
+        (Party::Host { .. }, Party::Host { .. }) => {
+            return Err(CliError::Other(
+                "both ends are hosts: netmod does not filter host-to-host traffic".into(),
+            ))
+        }
+        (_, Party::Endpoint { host, .. })
+            if from.host() == host && matches!(from, Party::Host { .. }) =>
+        {
+            hops.push(Hop {
+                host: host.clone(),
+                hook: "output".into(),
+                decision: netmod_policy::Decision {
+                    accepted: true,
+                    chain: "-".into(),
+                    rule: None,
+                    reason: format!(
+                        "host profile default_{host}: a host reaches its own endpoints"
+                    ),
+                },
+            });
+        }
+        (Party::Endpoint { host, .. }, Party::Host { host: th, .. }) if host == th => {
+            hops.push(Hop {
+                host: host.clone(),
+                hook: "input".into(),
+                decision: netmod_policy::Decision {
+                    accepted: true,
+                    chain: "-".into(),
+                    rule: None,
+                    reason: format!(
+                        "host profile default_{host}: an endpoint reaches its own host"
+                    ),
+                },
+            });
+        }
+        _ => {
+            let same_host = from.host() == to.host();
+            if let Party::Endpoint { host, iface, .. } = &from {
+                let oif = match &to {
+                    Party::Endpoint { iface: t, .. } if same_host => t.clone(),
+                    _ => UPLINK.into(),
+                };
+                let pkt = Packet {
+                    iif: iface.clone(),
+                    oif,
+                    saddr,
+                    daddr,
+                };
+                hops.push(Hop {
+                    host: host.clone(),
+                    hook: "forward".into(),
+                    decision: explain(&ruleset_of(host), &pkt),
+                });
+            }
+            if let Party::Endpoint { host, iface, .. } = &to {
+                if !same_host || matches!(from, Party::Host { .. }) {
+                    let pkt = Packet {
+                        iif: UPLINK.into(),
+                        oif: iface.clone(),
+                        saddr,
+                        daddr,
+                    };
+                    hops.push(Hop {
+                        host: host.clone(),
+                        hook: "forward".into(),
+                        decision: explain(&ruleset_of(host), &pkt),
+                    });
+                }
+            }
+        }
+    }
+    let allowed = hops.iter().all(|h| h.decision.accepted);
+    let decisive = hops
+        .iter()
+        .find(|h| !h.decision.accepted)
+        .or(hops.last())
+        .expect("at least one hop");
+    let summary = format!(
+        "{} {saddr} -> {daddr}{}: {} on {} by \"{}\"",
+        if allowed { "ALLOWED" } else { "DROPPED" },
+        port.as_deref()
+            .map(|p| format!(" port {p}"))
+            .unwrap_or_default(),
+        if allowed { "accepted" } else { "dropped" },
+        decisive.host,
+        decisive.decision.reason
+    );
+    let verdict = Verdict {
+        from,
+        to,
+        port,
+        allowed,
+        hops,
+        summary,
+    };
+    match fmt {
+        Format::Json => output::json(&verdict),
+        Format::Table => {
+            println!("{}", verdict.summary);
+            for h in &verdict.hops {
+                println!(
+                    "  {} {}: {} ({}{})",
+                    h.host,
+                    h.hook,
+                    if h.decision.accepted {
+                        "accept"
+                    } else {
+                        "drop"
+                    },
+                    h.decision.reason,
+                    h.decision
+                        .rule
+                        .as_deref()
+                        .map(|r| format!("; rule in {}: {r}", h.decision.chain))
+                        .unwrap_or_default()
+                );
+            }
+            if verdict.port.is_some() {
+                println!("  (netgroup profiles allow every port and protocol; the port does not change the verdict)");
+            }
+        }
+    }
+    Ok(allowed)
+}

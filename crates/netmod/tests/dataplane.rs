@@ -1,0 +1,348 @@
+//! isolate/cleanup and `netmod node` in real namespaces: two fake hosts on a
+//! bridge, three containers each, the seed's isolated scenario, measured by
+//! real TCP connects.
+
+mod common;
+use common::lab::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// The seed's isolated scenario: A,B in star-1; C,D in star-2; the collector
+/// in star-1, star-2 and public; E with no netgroup.
+fn seed() -> Option<Fabric> {
+    if !have_requirements() {
+        return None;
+    }
+    let mut f = Fabric::new(2, "10.123.0.0/16");
+    f.launch("h1", "a", &["star-1"]);
+    f.launch("h1", "c", &["star-2"]);
+    f.launch("h1", "collect", &["star-1", "star-2", "public"]);
+    f.launch("h2", "b", &["star-1"]);
+    f.launch("h2", "d", &["star-2"]);
+    f.launch("h2", "e", &[]);
+    Some(f)
+}
+
+const NAMES: [&str; 6] = ["a", "b", "c", "d", "collect", "e"];
+
+fn expected(from: &str, to: &str) -> bool {
+    let pairs = [
+        ("a", "b"),
+        ("b", "a"),
+        ("c", "d"),
+        ("d", "c"),
+        ("collect", "a"),
+        ("collect", "b"),
+        ("collect", "c"),
+        ("collect", "d"),
+        ("a", "collect"),
+        ("b", "collect"),
+        ("c", "collect"),
+        ("d", "collect"),
+    ];
+    pairs.contains(&(from, to))
+}
+
+/// Every allowed pair connects (allowing for the nodes to converge), then
+/// every pair is measured once more and must match exactly.
+fn measured_matrix(f: &Fabric) -> Vec<(String, String, bool)> {
+    for from in NAMES {
+        for to in NAMES {
+            if from != to && expected(from, to) {
+                wait_for(Duration::from_secs(15), &format!("{from} -> {to}"), || {
+                    f.connects(from, to, 0.5)
+                });
+            }
+        }
+    }
+    let mut m = Vec::new();
+    for from in NAMES {
+        for to in NAMES {
+            if from != to {
+                m.push((from.to_string(), to.to_string(), f.connects(from, to, 0.7)));
+            }
+        }
+    }
+    m
+}
+
+#[test]
+fn isolated_scenario_across_two_hosts() {
+    let Some(mut f) = seed() else { return };
+    let m = measured_matrix(&f);
+    let wrong: Vec<_> = m
+        .iter()
+        .filter(|(a, b, ok)| *ok != expected(a, b))
+        .collect();
+    assert!(wrong.is_empty(), "measured matrix differs: {wrong:?}");
+
+    // Hosts reach their own containers (and are reached by them); not the other host's isolated ones.
+    for c in ["a", "c", "collect"] {
+        assert!(f.connects("h1", c, 1.0), "h1 -> {c}");
+    }
+    for c in ["b", "d", "e"] {
+        assert!(f.connects("h2", c, 1.0), "h2 -> {c}");
+        assert!(
+            !f.connects("h1", c, 0.7),
+            "h1 must not reach h2's isolated {c}"
+        );
+    }
+    // E (no netgroup) reaches its own host, and nothing beyond it.
+    let h2 = f.host("h2");
+    let mut host_server = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &h2.ns, "python3", "-c", SERVER, &h2.ip, "9100",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(host_server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+    }
+    let e = f.container("e");
+    let to_host = |pid: u32, ip: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "nsenter --net=/proc/{pid}/ns/net python3 -c \"$P\" {ip} 9100 \"\" 1"
+            ))
+            .env("P", CONNECT)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(to_host(e.pid, &h2.ip), "e reaches its own host");
+    assert!(
+        !to_host(e.pid, &f.host("h1").ip),
+        "e does not reach another host"
+    );
+    let _ = host_server.kill();
+    let _ = host_server.wait();
+
+    // `netmod explain` agrees with what was measured, pair by pair.
+    for (from, to, ok) in &m {
+        let out = f.store.netmod(&[
+            "explain",
+            &f.uid(from),
+            &f.container(to).addr.clone(),
+            "--port",
+            "9000/tcp",
+        ]);
+        let code = out.status.code().unwrap();
+        assert_eq!(
+            code == 0,
+            *ok,
+            "explain {from} -> {to}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(code == 0 || code == 3);
+    }
+    let out = f.store.netmod(&["-o", "json", "explain", "c", "b"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["allowed"], json!(false));
+    assert_eq!(v["hops"][1]["decision"]["reason"], json!("default: drop"));
+
+    // Anti-spoofing: A takes B's address as a second one and sends from it.
+    let a = f.container("a").pid;
+    let b_addr = f.container("b").addr.clone();
+    let collect = f.container("collect").addr.clone();
+    must(&format!(
+        "nsenter --net=/proc/{a}/ns/net ip addr add {b_addr}/32 dev eth0"
+    ));
+    let spoof = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "nsenter --net=/proc/{a}/ns/net python3 -c \"$P\" {collect} 9000 {b_addr} 1"
+        ))
+        .env("P", CONNECT)
+        .status()
+        .unwrap();
+    assert!(!spoof.success(), "a forged source address must be dropped");
+    must(&format!(
+        "nsenter --net=/proc/{a}/ns/net ip addr del {b_addr}/32 dev eth0"
+    ));
+    assert!(
+        f.connects("a", "collect", 1.0),
+        "and the real one still works"
+    );
+
+    // Cleanup leaves nothing: no interface, container route, set element,
+    // endpoint record or allocation.
+    for name in NAMES {
+        f.stop(name);
+    }
+    for host in ["h1", "h2"] {
+        let links = f.ns_json(host, "link");
+        let ours: Vec<_> = links
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["ifname"].as_str().unwrap().starts_with("nm"))
+            .collect();
+        assert!(ours.is_empty(), "{host}: {ours:?}");
+        let routes = f.ns_json(host, "route");
+        let dev_routes: Vec<_> = routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["dev"].as_str().is_some_and(|d| d.starts_with("nm")))
+            .collect();
+        assert!(dev_routes.is_empty(), "{host}: {dev_routes:?}");
+        wait_for(Duration::from_secs(10), "sets emptied", || {
+            f.set_elements(host).is_empty()
+        });
+    }
+    let out = f.store.netmod(&["-o", "json", "endpoints"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!([])
+    );
+    let out = f.store.netmod(&["-o", "json", "ipam", "show"]);
+    let usage: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(usage["pools"][0]["used"], json!(0));
+    // A second cleanup of the same container succeeds quietly.
+    let (code, _) = f.mesos(
+        "h1",
+        &json!({"command":"cleanup","args":{"hostname":"h1","container_id":f.uid("a")}}),
+    );
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn node_restart_converges_and_keeps_established_connections() {
+    if !have_requirements() {
+        return;
+    }
+    let mut f = Fabric::new(2, "10.124.0.0/16");
+    f.launch("h1", "a", &["star-1"]);
+    f.launch("h1", "c", &["star-2"]);
+    f.launch("h2", "b", &["star-1"]);
+    f.launch("h2", "d", &["star-2"]);
+    wait_for(Duration::from_secs(15), "a -> b", || {
+        f.connects("a", "b", 0.5)
+    });
+    // An established connection a -> b, held open by a client that echoes lines.
+    let a = f.container("a").pid;
+    let b_addr = f.container("b").addr.clone();
+    let mut client = std::process::Command::new("nsenter")
+        .arg(format!("--net=/proc/{a}/ns/net"))
+        .args(["python3", "-c", "import socket,sys\ns=socket.create_connection((sys.argv[1],9000),timeout=3)\nfor l in sys.stdin:\n    s.sendall(l.encode()); print(s.recv(100).decode().strip(), flush=True)", &b_addr])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut echo = |word: &str| {
+        use std::io::{BufRead, Write};
+        writeln!(stdin, "{word}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    assert_eq!(echo("before"), "before");
+
+    // kill -9 h2's node; change membership while it is down.
+    f.kill_node(1);
+    f.stop("c");
+    f.launch("h1", "f", &["star-2"]);
+    assert_eq!(
+        echo("during"),
+        "during",
+        "the dataplane stays while the node is down"
+    );
+    f.start_node(1);
+    // It converges: f (new, star-2 on h1) reaches d; c's address is gone from h2's sets.
+    wait_for(Duration::from_secs(15), "f -> d after restart", || {
+        f.connects("f", "d", 0.5)
+    });
+    let elems = f.set_elements("h2");
+    assert!(!elems.iter().any(|(_, e)| *e == f.uid("c")), "{elems:?}");
+    assert_eq!(
+        echo("after"),
+        "after",
+        "established connection survives the restart"
+    );
+    drop(stdin);
+    let _ = client.kill();
+    let _ = client.wait();
+}
+
+#[test]
+fn failed_isolate_leaves_nothing_behind() {
+    if !have_requirements() {
+        return;
+    }
+    let mut f = Fabric::new(1, "10.125.0.0/16");
+    f.launch("h1", "a", &["star-1"]);
+    let before_links = f.ns_json("h1", "link");
+    let before_routes = f.ns_json("h1", "route");
+    let before_sets = f.set_elements("h1");
+    let before_store = f.store.dump();
+    // The namespace vanished: the process is gone.
+    let (code, reply) = f.mesos(
+        "h1",
+        &json!({"command":"isolate","args":{"hostname":"h1","container_id":"gone","pid":999999,"ipv4_addrs":["10.125.0.77"],"netgroups":["star-1"]}}),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("network namespace"),
+        "{reply}"
+    );
+    // An address already on another endpoint.
+    let a_addr = f.container("a").addr.clone();
+    let sleeper = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &f.host("h1").ns,
+            "unshare",
+            "--net",
+            "--",
+            "sleep",
+            "1000",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, reply) = f.mesos(
+        "h1",
+        &json!({"command":"isolate","args":{"hostname":"h1","container_id":"dup","pid":sleeper.id(),"ipv4_addrs":[a_addr],"netgroups":["star-1"]}}),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{a_addr} is already on endpoint")),
+        "{reply}"
+    );
+    // A second isolate of a live container.
+    let (code, reply) = f.mesos(
+        "h1",
+        &json!({"command":"isolate","args":{"hostname":"h1","container_id":f.uid("a"),"pid":sleeper.id(),"ipv4_addrs":["10.125.0.78"]}}),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("already has eth0"),
+        "{reply}"
+    );
+    let mut sleeper = sleeper;
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(f.ns_json("h1", "link"), before_links);
+    assert_eq!(f.ns_json("h1", "route"), before_routes);
+    assert_eq!(f.set_elements("h1"), before_sets);
+    assert_eq!(f.store.dump(), before_store);
+}
