@@ -1,6 +1,8 @@
 //! `netmod bench`: measurements against baselines taken in the same run,
 //! printed as a table and written to `bench/results/<name>.md`.
 
+mod dataplane;
+
 use crate::CliError;
 use netmod_ipam::{AllocRequest, Ipam};
 use netmod_model::AllocAttrs;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmarks: ipam (more arrive with later parts).
+    /// Which benchmarks: ipam, dataplane.
     #[arg(default_values_t = vec!["ipam".to_string()])]
     pub which: Vec<String>,
     /// Directory for the result files.
@@ -104,7 +106,7 @@ pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn bench_dir() -> Result<tempfile_dir::Dir, CliError> {
+pub fn bench_dir() -> Result<tempfile_dir::Dir, CliError> {
     tempfile_dir::Dir::new("netmod-bench").map_err(|e| CliError::Other(e.to_string()))
 }
 
@@ -172,7 +174,7 @@ fn allocs_per_sec(db: &Path, threads: usize, per_thread: usize) -> f64 {
     (threads * per_thread) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn time_process(mut cmd: Command, stdin: &[u8]) -> Result<Duration, CliError> {
+pub fn time_process(mut cmd: Command, stdin: &[u8]) -> Result<Duration, CliError> {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::piped())
