@@ -5,6 +5,7 @@
 
 mod attach;
 mod bench;
+mod cni;
 mod explain;
 mod mesos;
 mod node;
@@ -82,6 +83,10 @@ pub enum CliError {
 }
 
 fn main() {
+    // A CNI runtime runs the plugin with CNI_COMMAND set and no arguments.
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        std::process::exit(cni::main());
+    }
     let cli = Cli::parse();
     let store_flag = cli.store.as_deref();
     let result = match cli.cmd {
@@ -99,8 +104,8 @@ fn main() {
                 }
             })
         }),
-        Cmd::Lab { args } => std::process::exit(netmod_lab::main(args)),
-        Cmd::Demo { args } => std::process::exit(netmod_lab::demo(args)),
+        Cmd::Lab { args } => exec_lab("lab", args),
+        Cmd::Demo { args } => exec_lab("demo", args),
     };
     if let Err(e) = result {
         eprintln!("netmod: error: {e}");
@@ -111,6 +116,18 @@ fn main() {
         }
         std::process::exit(1);
     }
+}
+
+/// The lab lives in its own binary, `netmod-lab`, installed beside `netmod`.
+fn exec_lab(word: &str, args: Vec<String>) -> Result<(), CliError> {
+    use std::os::unix::process::CommandExt;
+    let me = std::env::current_exe().map_err(|e| CliError::Other(e.to_string()))?;
+    let lab = me.with_file_name("netmod-lab");
+    let err = std::process::Command::new(&lab).arg(word).args(args).exec();
+    Err(CliError::Other(format!(
+        "cannot run {}: {err} (build it with `cargo build -p netmod-lab`)",
+        lab.display()
+    )))
 }
 
 fn open(flag: Option<&str>) -> Result<Box<dyn netmod_store::Store>, CliError> {

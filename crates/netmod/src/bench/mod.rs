@@ -31,9 +31,10 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     for which in &args.which {
         let report = match which.as_str() {
             "ipam" => ipam(&args)?,
+            "dataplane" => dataplane::run(&args)?,
             other => {
                 return Err(CliError::Other(format!(
-                    "unknown benchmark {other:?} (known: ipam)"
+                    "unknown benchmark {other:?} (known: ipam, dataplane)"
                 )))
             }
         };
