@@ -120,6 +120,8 @@ pub struct AllocRequest {
     pub num_ipv4: u32,
     pub num_ipv6: u32,
     pub static_addrs: Vec<IpAddr>,
+    /// Allocate only from this pool (for its family); any pool when `None`.
+    pub pool: Option<IpNet>,
 }
 
 pub struct Ipam<'a> {
@@ -308,10 +310,10 @@ impl<'a> Ipam<'a> {
                 got.push(*addr);
             }
             for _ in static_v4..req.num_ipv4 {
-                got.push(plan.take_next(false, &req.attrs.host, &req.handle)?);
+                got.push(plan.take_next(false, &req.attrs.host, &req.handle, req.pool)?);
             }
             for _ in static_v6..req.num_ipv6 {
-                got.push(plan.take_next(true, &req.attrs.host, &req.handle)?);
+                got.push(plan.take_next(true, &req.attrs.host, &req.handle, req.pool)?);
             }
             plan.hold(
                 &req.handle,
@@ -392,7 +394,10 @@ impl<'a> Ipam<'a> {
             .expect("prefix checked when the pool was added")
             .trunc();
         Ok(match self.store.get(&block_key(&cidr))? {
-            Some(kv) => read::<Block>(&kv)?.slots.get(&ordinal(&cidr, addr)).cloned(),
+            Some(kv) => read::<Block>(&kv)?
+                .slots
+                .get(&ordinal(&cidr, addr))
+                .cloned(),
             None => None,
         })
     }

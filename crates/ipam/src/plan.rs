@@ -165,18 +165,26 @@ impl<'s> Plan<'s> {
 
     /// Hold the next free address of a family for `handle`: the host's own
     /// blocks first, then a newly claimed block, then any block with room.
-    pub(crate) fn take_next(&mut self, v6: bool, host: &str, handle: &str) -> Result<IpAddr> {
+    pub(crate) fn take_next(
+        &mut self,
+        v6: bool,
+        host: &str,
+        handle: &str,
+        only: Option<IpNet>,
+    ) -> Result<IpAddr> {
         let pools: Vec<&Pool> = self
             .pools
             .iter()
             .filter(|p| p.cidr.network().is_ipv6() == v6)
+            .filter(|p| only.is_none_or(|o| o.network().is_ipv6() != v6 || o == p.cidr))
             .collect();
         if pools.is_empty() {
             return Err(IpamError::NoPool(family_name(v6)));
         }
         self.load_affinity(host)?;
         let now = self.now;
-        let own = |b: &Block| b.host.as_deref() == Some(host);
+        let in_pool = |b: &Block| pools.iter().any(|p| p.cidr == b.pool);
+        let own = |b: &Block| b.host.as_deref() == Some(host) && in_pool(b);
         if let Some(addr) = self.take_in(v6, handle, now, own) {
             return Ok(addr);
         }
@@ -197,7 +205,7 @@ impl<'s> Plan<'s> {
             }
         }
         self.load_all_blocks()?;
-        if let Some(addr) = self.take_in(v6, handle, now, |_| true) {
+        if let Some(addr) = self.take_in(v6, handle, now, in_pool) {
             return Ok(addr);
         }
         let mut quarantined = 0;

@@ -17,6 +17,7 @@ fn req(handle: &str, host: &str, v4: u32, v6: u32) -> AllocRequest {
         num_ipv4: v4,
         num_ipv6: v6,
         static_addrs: vec![],
+        pool: None,
     }
 }
 

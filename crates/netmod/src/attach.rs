@@ -229,3 +229,82 @@ fn remove_local_policy(ep: &Endpoint) -> Result<(), String> {
     }
     dp::nft_apply(&changes).map_err(|e| e.to_string())
 }
+
+/// What differs between an endpoint's record and the kernel (empty: nothing).
+pub fn verify(ep: &Endpoint) -> Vec<String> {
+    let mut problems = Vec::new();
+    match dp::link_exists(&ep.iface) {
+        Ok(true) => {}
+        Ok(false) => problems.push(format!("host interface {} is missing", ep.iface)),
+        Err(e) => problems.push(format!("cannot read links: {e}")),
+    }
+    match dp::list_routes() {
+        Ok(routes) => {
+            for a in ep.addrs() {
+                let ok = routes.iter().any(|r| {
+                    r.dst == ipnet::IpNet::from(a) && r.dev.as_deref() == Some(ep.iface.as_str())
+                });
+                if !ok {
+                    problems.push(format!("host route {a} dev {} is missing", ep.iface));
+                }
+            }
+        }
+        Err(e) => problems.push(format!("cannot read routes: {e}")),
+    }
+    for (set, family, addrs) in element_changes(ep) {
+        match dp::nft_list_set_elements(&set, family) {
+            Ok(have) => {
+                for a in addrs.iter().filter(|a| !have.contains(a)) {
+                    problems.push(format!("{a} is missing from set {set}"));
+                }
+            }
+            Err(e) => problems.push(format!("set {set}: {e}")),
+        }
+    }
+    // Inside the container: the interface, its addresses, its default route.
+    let ifname = ep.container_iface.clone();
+    let inside = dp::in_netns(std::path::Path::new(&ep.netns), move || {
+        let link = dp::link_exists(&ifname);
+        let routes = dp::list_routes();
+        (link, routes)
+    });
+    match inside {
+        Err(e) => problems.push(format!("cannot enter {}: {e}", ep.netns)),
+        Ok((link, routes)) => {
+            if !matches!(link, Ok(true)) {
+                problems.push(format!(
+                    "{} is missing in the container",
+                    ep.container_iface
+                ));
+            }
+            let has_default = |v4: bool| {
+                routes.as_ref().is_ok_and(|rs| {
+                    rs.iter()
+                        .any(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() == v4)
+                })
+            };
+            if !ep.ipv4.is_empty() && !has_default(true) {
+                problems.push("the container has no IPv4 default route".into());
+            }
+            if !ep.ipv6.is_empty() && !has_default(false) {
+                problems.push("the container has no IPv6 default route".into());
+            }
+        }
+    }
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ep.netns))
+        .args(["ip", "-j", "addr", "show", "dev", &ep.container_iface])
+        .output();
+    if let Some(out) = out.ok().filter(|o| o.status.success()) {
+        let text = String::from_utf8_lossy(&out.stdout);
+        for a in ep.addrs() {
+            if !text.contains(&format!("\"local\":\"{a}\"")) {
+                problems.push(format!(
+                    "{a} is not on {} in the container",
+                    ep.container_iface
+                ));
+            }
+        }
+    }
+    problems
+}

@@ -6,8 +6,11 @@
 //! interchangeable; `conformance` holds the suite both must pass.
 
 pub mod conformance;
+mod etcd;
+pub mod etcd_server;
 mod sqlite;
 
+pub use etcd::{EtcdAddress, EtcdStore};
 pub use sqlite::SqliteStore;
 
 use std::time::Duration;
@@ -194,21 +197,12 @@ pub fn store_address(flag: Option<&str>) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreAddress {
     Sqlite(std::path::PathBuf),
-    Etcd(Vec<String>),
+    Etcd(EtcdAddress),
 }
 
 pub fn parse_address(addr: &str) -> Result<StoreAddress> {
-    if let Some(rest) = addr.strip_prefix("etcd://") {
-        let endpoints: Vec<String> = rest
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
-        if endpoints.is_empty() {
-            return Err(StoreError::BadAddress(addr.to_string()));
-        }
-        Ok(StoreAddress::Etcd(endpoints))
+    if addr.starts_with("etcd://") {
+        Ok(StoreAddress::Etcd(EtcdAddress::parse(addr)?))
     } else {
         let path = addr.strip_prefix("sqlite://").unwrap_or(addr);
         if path.is_empty() {
@@ -222,10 +216,7 @@ pub fn parse_address(addr: &str) -> Result<StoreAddress> {
 pub fn open(addr: &str) -> Result<Box<dyn Store>> {
     match parse_address(addr)? {
         StoreAddress::Sqlite(path) => Ok(Box::new(SqliteStore::open(&path)?)),
-        StoreAddress::Etcd(endpoints) => Err(StoreError::Unavailable {
-            endpoints: endpoints.join(","),
-            reason: "this build has no etcd backend".into(),
-        }),
+        StoreAddress::Etcd(etcd) => Ok(Box::new(EtcdStore::open(etcd)?)),
     }
 }
 
@@ -253,10 +244,13 @@ mod tests {
 
     #[test]
     fn addresses_parse() {
-        assert_eq!(
-            parse_address("etcd://127.0.0.1:2379,127.0.0.1:22379").unwrap(),
-            StoreAddress::Etcd(vec!["127.0.0.1:2379".into(), "127.0.0.1:22379".into()])
-        );
+        match parse_address("etcd://127.0.0.1:2379,127.0.0.1:22379").unwrap() {
+            StoreAddress::Etcd(a) => {
+                assert_eq!(a.endpoints, ["127.0.0.1:2379", "127.0.0.1:22379"]);
+                assert_eq!(a.prefix, "/netmod/");
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             parse_address("/tmp/x.db").unwrap(),
             StoreAddress::Sqlite("/tmp/x.db".into())

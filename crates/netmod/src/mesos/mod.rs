@@ -54,6 +54,7 @@ fn execute(store_flag: Option<&str>, req: Request) -> Result<Value, String> {
                     num_ipv4: a.num_ipv4,
                     num_ipv6: a.num_ipv6,
                     static_addrs: a.static_ipv4.into_iter().map(IpAddr::V4).collect(),
+                    pool: None,
                 })
                 .map_err(|e| e.to_string())?;
             Ok(json!({ "ipv4": got.ipv4, "ipv6": got.ipv6 }))

@@ -375,3 +375,95 @@ pub fn have_requirements() -> bool {
         .all(|t| sh(&format!("command -v {t}")).status.success());
     require(is_root(), "root") && require(tools, "ip, nft, python3, nsenter, unshare, curl")
 }
+
+impl Fabric {
+    /// A process in a fresh network namespace on a host, with nothing plugged in.
+    pub fn sandbox(&self, host: &str) -> Child {
+        let h = self.host(host);
+        let process = Command::new("ip")
+            .args([
+                "netns", "exec", &h.ns, "unshare", "--net", "--", "sleep", "100000",
+            ])
+            .spawn()
+            .unwrap();
+        let pid = process.id();
+        wait_for(Duration::from_secs(5), "sandbox namespace", || {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|p| p.to_string_lossy().ends_with("sleep"))
+        });
+        process
+    }
+
+    /// Run `netmod` as a CNI plugin on a host: (exit status, stdout JSON or Null).
+    pub fn cni(
+        &self,
+        host: &str,
+        command: &str,
+        env: &[(&str, &str)],
+        conf: &Value,
+    ) -> (i32, Value) {
+        let h = self.host(host);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &h.ns, NETMOD])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", command)
+            .env("CNI_PATH", "/opt/cni/bin")
+            .env("NETMOD_STORE", &self.store.path);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+        let out = wait(&mut child);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code().unwrap_or(-1), v)
+    }
+}
+
+/// A TCP echo server on port 9000 inside a process's network namespace.
+pub fn serve_in(pid: u32, addr: &str) -> Child {
+    let mut server = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["python3", "-c", SERVER, addr, "9000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    server
+}
+
+/// Can the namespace of `pid` open a TCP connection to addr:9000?
+pub fn connects_from(pid: u32, addr: &str, timeout: f64) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "nsenter --net=/proc/{pid}/ns/net python3 -c \"$P\" {addr} 9000 \"\" {timeout}"
+        ))
+        .env("P", CONNECT)
+        .status()
+        .unwrap()
+        .success()
+}
+
+pub fn kill_child(mut c: Child) {
+    // SAFETY: kill(2) on our own child process.
+    unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+    let _ = c.wait();
+}
