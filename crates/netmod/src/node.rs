@@ -277,8 +277,18 @@ impl Node {
         match &self.applied {
             Some(applied) => {
                 let changes = netmod_policy::diff(applied, &desired);
-                if !changes.is_empty() {
-                    dp::nft_apply(&changes).map_err(dp_err)?;
+                match dp::nft_apply(&changes) {
+                    Ok(()) => {}
+                    // A plugin on this host created a netgroup set first (it
+                    // does so before replying to isolate): diff against what
+                    // the kernel really holds instead.
+                    Err(e) if e.is_already_exists() => match self.actual(&desired)? {
+                        Some(actual) => {
+                            dp::nft_apply(&netmod_policy::diff(&actual, &desired)).map_err(dp_err)?
+                        }
+                        None => dp::nft_replace_all(&desired).map_err(dp_err)?,
+                    },
+                    Err(e) => return Err(dp_err(e)),
                 }
             }
             None => dp::nft_replace_all(&desired).map_err(dp_err)?,

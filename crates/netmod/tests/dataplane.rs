@@ -346,3 +346,69 @@ fn failed_isolate_leaves_nothing_behind() {
     assert_eq!(f.set_elements("h1"), before_sets);
     assert_eq!(f.store.dump(), before_store);
 }
+
+#[test]
+fn metrics_and_uninstall() {
+    if !have_requirements() {
+        return;
+    }
+    let mut f = Fabric::new(2, "10.126.0.0/16");
+    f.launch("h1", "a", &["web"]);
+    f.launch("h2", "b", &["web"]);
+    wait_for(Duration::from_secs(15), "a -> b", || {
+        f.connects("a", "b", 0.5)
+    });
+    let ns = f.host("h1").ns.clone();
+    let metrics = must(&format!(
+        "ip netns exec {ns} curl -sf http://127.0.0.1:9190/metrics"
+    ));
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
+    };
+    assert_eq!(value("netmod_endpoints"), 1.0);
+    assert!(value("netmod_nft_sets") >= 6.0);
+    assert_eq!(value("netmod_routes"), 1.0, "one block on the other host");
+    assert!(value("netmod_applies_total") >= 1.0);
+    let log = f.node_log("h1");
+    assert_eq!(value("netmod_apply_errors_total"), 0.0, "node log:\n{log}");
+    assert!(metrics.contains("netmod_last_apply_seconds"));
+
+    // --uninstall removes every object netmod created on the host, and only those.
+    f.kill_node(0);
+    let out = must(&format!(
+        "ip netns exec {ns} {} node --uninstall",
+        common::NETMOD
+    ));
+    assert!(
+        out.contains("removed: the netmod table, 1 interface(s)"),
+        "{out}"
+    );
+    assert!(f.nft_json("h1").is_null(), "table gone");
+    let links = f.ns_json("h1", "link");
+    assert!(!links
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["ifname"].as_str().unwrap().starts_with("nm")));
+    let routes = f.ns_json("h1", "route");
+    assert!(
+        !routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["protocol"] == json!("110") || r["protocol"] == json!(110)),
+        "{routes}"
+    );
+    assert!(
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "default"),
+        "foreign routes stay"
+    );
+}

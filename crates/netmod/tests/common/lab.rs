@@ -45,10 +45,158 @@ pub struct Container {
 
 pub struct Fabric {
     pub prefix: String,
+    /// The SQLite store (for an etcd fabric, only its directory is used: node logs).
     pub store: TestStore,
     pub hosts: Vec<FakeHost>,
     pub containers: Vec<Container>,
     pub subnet: String,
+    /// What every `--store` on this fabric says: the SQLite path or `etcd://…`.
+    pub addr: String,
+    /// The etcd server inside the fabric namespace, when the fabric uses etcd.
+    pub etcd: Option<FabricEtcd>,
+    pub opts: FabricOptions,
+}
+
+/// Which datastore the fake hosts share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One SQLite file (every fake host is on this machine).
+    Sqlite,
+    /// An etcd server inside the fabric namespace, on the bridge address:
+    /// the hosts reach it over the fabric, as real hosts would.
+    Etcd,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FabricOptions {
+    pub backend: Backend,
+    /// `netmod node --lease-ttl`.
+    pub lease_ttl: u64,
+    /// `netmod node --resync-interval`.
+    pub resync_interval: u64,
+}
+
+impl Default for FabricOptions {
+    fn default() -> Self {
+        FabricOptions {
+            backend: Backend::Sqlite,
+            lease_ttl: 3,
+            resync_interval: 5,
+        }
+    }
+}
+
+/// Where Debian's etcd-server puts the binary.
+pub const ETCD: &str = "/usr/bin/etcd";
+/// Client and peer ports of the fabric's etcd (never etcd's defaults).
+pub const ETCD_CLIENT_PORT: u16 = 12379;
+pub const ETCD_PEER_PORT: u16 = 12380;
+
+/// etcd running in the fabric namespace, listening on the bridge address.
+/// Its data lives in a temporary directory; it dies with the thread that
+/// started it (setpriv --pdeathsig) or when dropped.
+pub struct FabricEtcd {
+    pub ip: String,
+    pub port: u16,
+    /// `IP:PORT`.
+    pub endpoint: String,
+    fab_ns: String,
+    data: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl FabricEtcd {
+    fn start_in(fab_ns: &str, ip: &str) -> FabricEtcd {
+        let base = if std::path::Path::new("/dev/shm").is_dir() {
+            tempfile::Builder::new()
+                .prefix("nmtest-etcd-")
+                .tempdir_in("/dev/shm")
+        } else {
+            tempfile::Builder::new().prefix("nmtest-etcd-").tempdir()
+        };
+        let mut etcd = FabricEtcd {
+            ip: ip.to_string(),
+            port: ETCD_CLIENT_PORT,
+            endpoint: format!("{ip}:{ETCD_CLIENT_PORT}"),
+            fab_ns: fab_ns.to_string(),
+            data: base.unwrap(),
+            child: None,
+        };
+        etcd.start();
+        etcd
+    }
+
+    /// Start (again) on the same address and data.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "etcd is already running");
+        let client = format!("http://{}", self.endpoint);
+        let peer = format!("http://127.0.0.1:{ETCD_PEER_PORT}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join("etcd.log"))
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.fab_ns])
+            .args(["/usr/bin/setpriv", "--pdeathsig", "KILL", "--", ETCD])
+            .arg("--name=nmtest")
+            .arg(format!(
+                "--data-dir={}",
+                self.data.path().join("data").display()
+            ))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=nmtest={peer}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let health = format!(
+            "ip netns exec {} curl -sf -m 1 http://{}/health",
+            self.fab_ns, self.endpoint
+        );
+        let start = Instant::now();
+        loop {
+            let out = sh(&health);
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("true") {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("etcd exited with {status}: {}", self.log_tail());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "etcd not healthy after 20 s: {}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kill etcd as a crash would (SIGKILL), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child process.
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.data.path().join("etcd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+impl Drop for FabricEtcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// Python one-liners: a TCP server that answers every connection, a client
@@ -85,26 +233,44 @@ except OSError:
 impl Fabric {
     /// A fabric with `n` hosts, each running `netmod node`, and a pool.
     pub fn new(n: usize, pool: &str) -> Fabric {
+        Fabric::with_options(n, pool, FabricOptions::default())
+    }
+
+    /// A fabric on the datastore (and with the node settings) `opts` names.
+    pub fn with_options(n: usize, pool: &str, opts: FabricOptions) -> Fabric {
         let id = NEXT.fetch_add(1, Ordering::SeqCst);
         let prefix = format!("nmtest-{}-{id}", std::process::id());
         let subnet = format!("10.250.{}", 10 + id % 200);
         let store = TestStore::new();
-        assert!(store
-            .netmod(&["pool", "add", pool, "--quarantine", "1"])
-            .status
-            .success());
         let fab = format!("{prefix}-fab");
         must(&format!("ip netns add {fab}"));
         must(&format!(
             "ip -n {fab} link add br0 type bridge && ip -n {fab} link set br0 up && ip -n {fab} addr add {subnet}.254/24 dev br0 && ip -n {fab} link set lo up"
         ));
+        let (addr, etcd) = match opts.backend {
+            Backend::Sqlite => (store.path.display().to_string(), None),
+            Backend::Etcd => {
+                let etcd = FabricEtcd::start_in(&fab, &format!("{subnet}.254"));
+                let addr = format!("etcd://{}?prefix=/{prefix}/", etcd.endpoint);
+                (addr, Some(etcd))
+            }
+        };
         let mut fabric = Fabric {
             prefix,
             store,
             hosts: Vec::new(),
             containers: Vec::new(),
             subnet: subnet.clone(),
+            addr,
+            etcd,
+            opts,
         };
+        let out = fabric.netmod(&["pool", "add", pool, "--quarantine", "1"]);
+        assert!(
+            out.status.success(),
+            "pool add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         for i in 1..=n {
             let name = format!("h{i}");
             let ns = format!("{}-{name}", fabric.prefix);
@@ -135,9 +301,14 @@ impl Fabric {
 
     pub fn start_node(&mut self, i: usize) {
         let h = &self.hosts[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.node_log_path(&h.name))
+            .unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &h.ns, NETMOD, "--store"])
-            .arg(&self.store.path)
+            .arg(&self.addr)
             .args([
                 "node",
                 "--hostname",
@@ -145,12 +316,12 @@ impl Fabric {
                 "--host-ip",
                 &h.ip,
                 "--lease-ttl",
-                "3",
+                &self.opts.lease_ttl.to_string(),
                 "--resync-interval",
-                "5",
+                &self.opts.resync_interval.to_string(),
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         self.hosts[i].node = Some(child);
@@ -181,7 +352,7 @@ impl Fabric {
         let h = self.host(host);
         let mut child = Command::new("ip")
             .args(["netns", "exec", &h.ns, NETMOD, "--store"])
-            .arg(&self.store.path)
+            .arg(&self.addr)
             .arg("mesos")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -353,6 +524,9 @@ impl Drop for Fabric {
         for i in 0..self.hosts.len() {
             self.kill_node(i);
         }
+        if let Some(etcd) = &mut self.etcd {
+            etcd.stop();
+        }
         for h in &self.hosts {
             let _ = sh(&format!("ip netns del {}", h.ns));
         }
@@ -409,7 +583,7 @@ impl Fabric {
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("CNI_COMMAND", command)
             .env("CNI_PATH", "/opt/cni/bin")
-            .env("NETMOD_STORE", &self.store.path);
+            .env("NETMOD_STORE", &self.addr);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -466,4 +640,169 @@ pub fn kill_child(mut c: Child) {
     // SAFETY: kill(2) on our own child process.
     unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
     let _ = c.wait();
+}
+
+/// Run `f` on a thread of its own that has entered the network namespace
+/// `ns` (by `ip netns` name): whatever it connects to is seen from there.
+/// Threads that `f` starts (a store's runtime) inherit the namespace.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns(2) on a valid namespace fd; it only changes this
+        // thread, which ends when `f` returns.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+impl Fabric {
+    pub fn fab_ns(&self) -> String {
+        format!("{}-fab", self.prefix)
+    }
+
+    pub fn host_index(&self, name: &str) -> usize {
+        self.hosts.iter().position(|h| h.name == name).unwrap()
+    }
+
+    pub fn node_log_path(&self, host: &str) -> std::path::PathBuf {
+        self.store.dir.path().join(format!("node-{host}.log"))
+    }
+
+    /// What a host's `netmod node` wrote to stderr so far.
+    pub fn node_log(&self, host: &str) -> String {
+        std::fs::read_to_string(self.node_log_path(host)).unwrap_or_default()
+    }
+
+    /// `netmod --store <this fabric's store> ARGS`, run where the store is
+    /// reachable (for etcd: inside the fabric namespace).
+    pub fn netmod(&self, args: &[&str]) -> std::process::Output {
+        match self.etcd {
+            None => self.store.netmod(args),
+            Some(_) => Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.fab_ns(),
+                    NETMOD,
+                    "--store",
+                    &self.addr,
+                ])
+                .args(args)
+                .output()
+                .unwrap(),
+        }
+    }
+
+    /// Run `f` against this fabric's store (for etcd: from inside the fabric
+    /// namespace, on a store opened and dropped there).
+    pub fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn netmod_store::Store) -> T + Send + 'static,
+    ) -> T {
+        let addr = self.addr.clone();
+        let open = move || {
+            let store = netmod_store::open(&addr).unwrap();
+            f(&*store)
+        };
+        match self.etcd {
+            None => open(),
+            Some(_) => in_netns(&self.fab_ns(), open),
+        }
+    }
+
+    /// Every key and value under the fabric's store (prefix), sorted.
+    pub fn dump(&self) -> Vec<(String, String)> {
+        self.with_store(|s| {
+            let (kvs, _) = s.range("").unwrap();
+            kvs.into_iter()
+                .map(|kv| (kv.key, String::from_utf8_lossy(&kv.value).into_owned()))
+                .collect()
+        })
+    }
+
+    pub fn etcd(&mut self) -> &mut FabricEtcd {
+        self.etcd.as_mut().expect("an etcd fabric")
+    }
+
+    /// Send a signal to a host's `netmod node` (SIGSTOP, SIGCONT, …).
+    pub fn signal_node(&self, i: usize, sig: i32) {
+        let pid = self.hosts[i].node.as_ref().expect("node running").id();
+        // SAFETY: kill(2) on our own child process.
+        assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+    }
+
+    /// The node's /metrics page, as name -> value.
+    pub fn metrics(&self, host: &str) -> std::collections::BTreeMap<String, f64> {
+        let out = sh(&format!(
+            "ip netns exec {} curl -sf -m 2 http://127.0.0.1:9190/metrics",
+            self.host(host).ns
+        ));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_string(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub fn metric(&self, host: &str, name: &str) -> Option<f64> {
+        self.metrics(host).get(name).copied()
+    }
+
+    /// A host's routes through a gateway, as (destination, gateway).
+    pub fn routes_via(&self, host: &str) -> Vec<(String, String)> {
+        let routes = self.ns_json(host, "route");
+        let mut out: Vec<(String, String)> = routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["dst"] != json!("default"))
+            .filter_map(|r| {
+                Some((
+                    r["dst"].as_str()?.to_string(),
+                    r["gateway"].as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Everything the dataplane holds on a host: links, routes, set elements.
+    pub fn kernel_state(&self, host: &str) -> (Value, Value, Vec<(String, String)>) {
+        (
+            self.ns_json(host, "link"),
+            self.ns_json(host, "route"),
+            self.set_elements(host),
+        )
+    }
+
+    /// Cut a host off from etcd: drop its traffic to and from the etcd
+    /// endpoint inside the host's namespace (a table of the test's own).
+    pub fn partition(&self, host: &str) {
+        let etcd = self.etcd.as_ref().expect("an etcd fabric");
+        let (ip, port) = (&etcd.ip, etcd.port);
+        must(&format!(
+            "ip netns exec {} nft -f - <<'EOF'\n\
+             table inet nmtest_partition {{\n\
+               chain out {{ type filter hook output priority -10; policy accept; ip daddr {ip} tcp dport {port} drop; }}\n\
+               chain in {{ type filter hook input priority -10; policy accept; ip saddr {ip} tcp sport {port} drop; }}\n\
+             }}\nEOF",
+            self.host(host).ns
+        ));
+    }
+
+    pub fn heal(&self, host: &str) {
+        must(&format!(
+            "ip netns exec {} nft delete table inet nmtest_partition",
+            self.host(host).ns
+        ));
+    }
 }
