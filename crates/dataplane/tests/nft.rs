@@ -466,6 +466,38 @@ fn fifty_thousand_elements_in_one_transaction() {
     assert_eq!(listed.len(), 50_000);
 }
 
+/// Many small messages (300 netgroups: 600 sets and 600 rules) need room for
+/// their acks even though the batch itself is small.
+#[test]
+fn many_netgroups_in_one_transaction() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = TestNs::new();
+    let mut rs = sample_ruleset(&[]);
+    let chain = rs
+        .chains
+        .iter()
+        .position(|c| c.name == "to_endpoint")
+        .unwrap();
+    for g in 0..300 {
+        for (family, member) in [
+            (Family::V4, format!("10.77.{}.{}", g / 200, g % 200 + 1)),
+            (Family::V6, format!("fd77::{g:x}")),
+        ] {
+            let name = format!("g_n{g}_{}", family.suffix());
+            rs.sets
+                .insert(name.clone(), set_def(&name, family, &[member.as_str()]));
+            rs.chains[chain].rules.insert(0, group_rule(&name, family));
+        }
+    }
+    let listed = ns.run(|| {
+        dp::nft_replace_all(&rs).unwrap();
+        dp::nft_list_set_elements("g_n299_v4", Family::V4).unwrap()
+    });
+    assert_eq!(listed, addrs(&["10.77.1.100"]));
+}
+
 /// The rules do what they say: two containers on one host reach each other
 /// only once both are in the same netgroup set.
 #[test]

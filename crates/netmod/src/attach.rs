@@ -43,11 +43,23 @@ fn step(step: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StepError {
 }
 
 pub fn attach(store: &dyn Store, req: &AttachRequest) -> Result<Endpoint, StepError> {
-    if let Err(e) = std::fs::metadata(&req.netns) {
-        return Err(StepError {
-            step: "opening the container's network namespace",
-            reason: format!("{}: {e}", req.netns.display()),
-        });
+    let target = std::fs::metadata(&req.netns).map_err(|e| StepError {
+        step: "opening the container's network namespace",
+        reason: format!("{}: {e}", req.netns.display()),
+    })?;
+    // A task that has not left the host's namespace yet (or a wrong pid)
+    // must never get the host's own namespace rewired.
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(own) = std::fs::metadata("/proc/self/ns/net") {
+        if (own.dev(), own.ino()) == (target.dev(), target.ino()) {
+            return Err(StepError {
+                step: "opening the container's network namespace",
+                reason: format!(
+                    "{} is this host's own network namespace, not a container's",
+                    req.netns.display()
+                ),
+            });
+        }
     }
     let mac = container_mac(&req.container_id, &req.container_iface);
     let ep = Endpoint {

@@ -297,6 +297,20 @@ fn failed_isolate_leaves_nothing_behind() {
             .contains("network namespace"),
         "{reply}"
     );
+    // A pid still in the host's own namespace (here: the node's): refused.
+    let node_pid = f.hosts[0].node.as_ref().unwrap().id();
+    let (code, reply) = f.mesos(
+        "h1",
+        &json!({"command":"isolate","args":{"hostname":"h1","container_id":"host","pid":node_pid,"ipv4_addrs":["10.125.0.79"]}}),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("this host's own network namespace"),
+        "{reply}"
+    );
     // An address already on another endpoint.
     let a_addr = f.container("a").addr.clone();
     let sleeper = std::process::Command::new("ip")

@@ -71,6 +71,10 @@ impl SqliteStore {
             .map_err(backend(what.clone()))?;
         conn.pragma_update(None, "mmap_size", 256 << 20)
             .map_err(backend(what.clone()))?;
+        // Keep the WAL short: a process that opens the file when no other
+        // connection holds it reads the whole WAL to rebuild its index.
+        conn.pragma_update(None, "wal_autocheckpoint", 256)
+            .map_err(backend(what.clone()))?;
         // Short-lived plugin processes must not each checkpoint (and fsync) the
         // WAL on exit; checkpoints happen as the WAL grows.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)

@@ -64,6 +64,8 @@ const NF_ACCEPT: u32 = 1;
 const ELEMS_PER_MSG: usize = 2048;
 /// Batches above this size get bigger socket buffers.
 const BIG_BATCH: usize = 128 * 1024;
+/// What one ack costs the receive buffer (skb overhead included), generously.
+const ACK_TRUESIZE: usize = 2048;
 
 fn nfgenmsg(family: u8, res_id: u16) -> [u8; 4] {
     let r = res_id.to_be_bytes();
@@ -224,9 +226,12 @@ impl Batch {
             whats.push((e.what, e.exclusive_set));
         }
         msgs.push(batch_marker(NFNL_MSG_BATCH_END));
+        // Every message is acked, and each ack occupies far more of the
+        // receive buffer than its few bytes: size the buffers for both.
+        let needed = size.max(msgs.len() * ACK_TRUESIZE);
         let (seqs, acks) = with_socket(|sock| {
-            if size > BIG_BATCH {
-                sock.grow_buffers(size + 64 * 1024);
+            if needed > BIG_BATCH {
+                sock.grow_buffers(needed + 64 * 1024);
             }
             let seqs = sock.send(&mut msgs)?;
             Ok((seqs, sock.drain_acks()?))
