@@ -283,9 +283,8 @@ impl Node {
                     // does so before replying to isolate): diff against what
                     // the kernel really holds instead.
                     Err(e) if e.is_already_exists() => match self.actual(&desired)? {
-                        Some(actual) => {
-                            dp::nft_apply(&netmod_policy::diff(&actual, &desired)).map_err(dp_err)?
-                        }
+                        Some(actual) => dp::nft_apply(&netmod_policy::diff(&actual, &desired))
+                            .map_err(dp_err)?,
                         None => dp::nft_replace_all(&desired).map_err(dp_err)?,
                     },
                     Err(e) => return Err(dp_err(e)),

@@ -5,7 +5,7 @@
 //! and is removed at the end; no packet and no route touches the machine's
 //! own network.
 
-mod fabric;
+pub(crate) mod fabric;
 mod latency;
 mod memory;
 mod scale;

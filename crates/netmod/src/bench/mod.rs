@@ -1,7 +1,9 @@
 //! `netmod bench`: measurements against baselines taken in the same run,
 //! printed as a table and written to `bench/results/<name>.md`.
 
+mod cni;
 mod dataplane;
+mod etcd;
 
 use crate::CliError;
 use netmod_ipam::{AllocRequest, Ipam};
@@ -32,6 +34,8 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         let report = match which.as_str() {
             "ipam" => ipam(&args)?,
             "dataplane" => dataplane::run(&args)?,
+            "cni" => cni::run(&args)?,
+            "etcd" => etcd::run(&args)?,
             other => {
                 return Err(CliError::Other(format!(
                     "unknown benchmark {other:?} (known: ipam, dataplane)"

@@ -1,0 +1,676 @@
+//! `netmod demo`: the seed's story, unattended, on this machine.
+//!
+//! 1. Before — vanilla Mesos (`lab up --no-isolator`): four probes that all
+//!    need host port 9000 on two agents; two run, two wait.
+//! 2. Per-task IPs — `lab up` with netmod: every probe has its own address,
+//!    all four listen on 9000, every pair reaches.
+//! 3. Isolated — netgroups star-1 {A, B} and star-2 {C, D}: A↔B and C↔D
+//!    only; the collector (both groups and public) sees all four.
+//!
+//! At each step it prints what runs, what waits and why, the reachability
+//! matrix read from the collector, and whether it matches the story. It
+//! exits 0 only if all three match. The lab goes down at the end, on
+//! failure and on Ctrl-C, unless `--keep`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::config::{LabConfig, MARATHON_PORT};
+use crate::dns;
+use crate::error::{fail, Context, LabError};
+use crate::http;
+use crate::util;
+
+/// The demo's files, the same ones `demo/` holds for the scripts.
+pub const STARS_BEFORE: &str = include_str!("../../../demo/marathon/stars-before.json");
+pub const STARS: &str = include_str!("../../../demo/marathon/stars.json");
+pub const STARS_ISOLATED: &str = include_str!("../../../demo/marathon/stars-isolated.json");
+pub const RESOURCE_FILES: [(&str, &str); 3] = [
+    (
+        "star-resources-before.json",
+        include_str!("../../../demo/marathon/star-resources-before.json"),
+    ),
+    (
+        "star-resources.json",
+        include_str!("../../../demo/marathon/star-resources.json"),
+    ),
+    (
+        "star-resources-isolated.json",
+        include_str!("../../../demo/marathon/star-resources-isolated.json"),
+    ),
+];
+
+/// The collectors' fixed addresses in the per-task-IP scenes.
+pub const COLLECTOR_ROUTED: &str = "192.168.255.253";
+pub const COLLECTOR_ISOLATED: &str = "192.168.255.252";
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Leave the lab up at the end and print the visualizer URLs.
+    #[arg(long)]
+    pub keep: bool,
+    /// Seconds to wait for each step before giving up.
+    #[arg(long, default_value_t = 90)]
+    pub timeout: u64,
+}
+
+/// The three scenes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scene {
+    Before,
+    Routed,
+    Isolated,
+}
+
+/// reach[from][to]: `None` when `from` gave the collector no answer.
+pub type Matrix = BTreeMap<String, Option<BTreeMap<String, bool>>>;
+
+/// Reads the matrix from a collector (`GET /resources` and `/responses`).
+pub fn read_matrix(collector: &str) -> Result<Matrix, String> {
+    let t = Duration::from_secs(3);
+    let resources = http::get_json(&format!("{collector}/resources"), t)?;
+    let url_to_id: BTreeMap<String, String> = resources["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            Some((
+                r["url"].as_str()?.to_string(),
+                r["id"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let responses = http::get_json(&format!("{collector}/responses"), t)?;
+    let mut m = Matrix::new();
+    for id in url_to_id.values() {
+        let row = responses["responses"][id]["json"]["status"]["targets"]
+            .as_array()
+            .map(|targets| {
+                targets
+                    .iter()
+                    .filter_map(|x| {
+                        let to = url_to_id.get(x["url"].as_str()?)?;
+                        Some((to.clone(), x["reachable"].as_bool()?))
+                    })
+                    .collect()
+            });
+        m.insert(id.clone(), row);
+    }
+    Ok(m)
+}
+
+/// Whether a matrix tells the scene's story; the error says how it differs.
+pub fn check(scene: Scene, m: &Matrix) -> Result<(), String> {
+    let answering: BTreeSet<&String> = m
+        .iter()
+        .filter(|(_, r)| r.is_some())
+        .map(|(k, _)| k)
+        .collect();
+    let all: BTreeSet<&String> = m.keys().collect();
+    let expect = |from: &str, to: &str| -> bool {
+        match scene {
+            Scene::Before => answering.iter().any(|a| *a == to),
+            Scene::Routed => true,
+            Scene::Isolated => {
+                let group = |p: &str| matches!(p, "A" | "B");
+                group(from) == group(to)
+            }
+        }
+    };
+    match scene {
+        Scene::Before if answering.len() != 2 => {
+            return Err(format!(
+                "expected exactly two probes answering, got {}",
+                answering.len()
+            ))
+        }
+        Scene::Routed | Scene::Isolated if answering != all => {
+            return Err(format!(
+                "expected all four probes answering, got {}",
+                answering
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+        _ => {}
+    }
+    let mut wrong = Vec::new();
+    for (from, row) in m {
+        let Some(row) = row else { continue };
+        for to in all.iter().filter(|t| **t != from) {
+            let want = expect(from, to);
+            match row.get(*to) {
+                Some(&got) if got == want => {}
+                Some(&got) => wrong.push(format!(
+                    "{from}→{to} {}",
+                    if got {
+                        "reaches (should not)"
+                    } else {
+                        "does not reach (should)"
+                    }
+                )),
+                None => wrong.push(format!("{from} does not probe {to}")),
+            }
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(wrong.join(", "))
+    }
+}
+
+/// The matrix as a small table.
+pub fn render(m: &Matrix) -> String {
+    let ids: Vec<&String> = m.keys().collect();
+    let mut out = format!("{:>6}", "");
+    for id in &ids {
+        out += &format!(" {id:>2}");
+    }
+    out.push('\n');
+    for from in &ids {
+        out += &format!("{:>6}", format!("{from} →"));
+        match &m[*from] {
+            None => out += "   (no answer: not running)",
+            Some(row) => {
+                for to in &ids {
+                    let c = if to == from {
+                        "·"
+                    } else {
+                        match row.get(*to) {
+                            Some(true) => "✓",
+                            Some(false) => "✗",
+                            None => "?",
+                        }
+                    };
+                    out += &format!(" {c:>2}");
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+// ---------------------------------------------------------------- running
+
+struct Progress {
+    tty: bool,
+    last: Instant,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            tty: std::io::stdout().is_terminal(),
+            last: Instant::now(),
+        }
+    }
+    /// A status line: rewritten in place on a terminal, every 5 s otherwise.
+    fn tick(&mut self, started: Instant, line: &str) {
+        let secs = started.elapsed().as_secs();
+        if self.tty {
+            print!("\r\x1b[K     … {line} [{secs}s]");
+            let _ = std::io::stdout().flush();
+        } else if self.last.elapsed() >= Duration::from_secs(5) {
+            println!("     … {line} [{secs}s]");
+            self.last = Instant::now();
+        }
+    }
+    fn done(&self) {
+        if self.tty {
+            print!("\r\x1b[K");
+            let _ = std::io::stdout().flush();
+        }
+    }
+}
+
+fn interrupted() -> Result<(), LabError> {
+    if util::terminating() {
+        return fail("interrupted");
+    }
+    Ok(())
+}
+
+fn lab_cmd(args: &[&str]) -> Result<(), LabError> {
+    println!("  $ netmod lab {}", args.join(" "));
+    let me = std::env::current_exe().context(|| "cannot find netmod-lab".into())?;
+    let status = Command::new(me)
+        .arg("lab")
+        .args(args)
+        .status()
+        .context(|| "cannot run netmod lab".into())?;
+    if !status.success() {
+        return fail(format!("netmod lab {} failed", args.join(" ")));
+    }
+    Ok(())
+}
+
+fn marathon(path: &str) -> String {
+    format!("http://127.0.0.1:{MARATHON_PORT}{path}")
+}
+
+fn put_group(id: &str, file: &str, body: &str) -> Result<(), LabError> {
+    println!(
+        "  $ curl -X PUT {} -d @demo/marathon/{file}",
+        marathon(&format!("/v2/groups/{id}"))
+    );
+    let value: Value = serde_json::from_str(body).context(|| format!("{file} is not JSON"))?;
+    let (status, reply) = http::send_json(
+        "PUT",
+        &marathon(&format!("/v2/groups/{id}")),
+        &value,
+        Duration::from_secs(10),
+    )
+    .map_err(LabError::new)?;
+    if status != 200 {
+        return fail(format!("Marathon answered {status}: {reply}"));
+    }
+    println!("    {reply}");
+    Ok(())
+}
+
+/// One app's line: what runs where, or why it waits.
+struct AppView {
+    id: String,
+    running: usize,
+    instances: u64,
+    waiting: Option<String>,
+    tasks: Vec<String>,
+}
+
+fn apps_view(group: &str) -> Result<Vec<AppView>, String> {
+    let v = http::get_json(
+        &marathon("/v2/apps?embed=apps.tasks"),
+        Duration::from_secs(3),
+    )?;
+    let mut out = Vec::new();
+    for a in v["apps"].as_array().into_iter().flatten() {
+        let id = a["id"].as_str().unwrap_or("").to_string();
+        if !id.starts_with(&format!("/{group}/")) {
+            continue;
+        }
+        let tasks: Vec<String> = a["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                let addr = match t["ipAddresses"].as_array().and_then(|l| l.first()) {
+                    Some(ip) => format!("{} (own address)", ip["ipAddress"].as_str().unwrap_or("")),
+                    None => format!("host ports {}", t["ports"]),
+                };
+                format!(
+                    "{} on {}, {addr}",
+                    t["state"].as_str().unwrap_or(""),
+                    t["host"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        out.push(AppView {
+            running: a["tasksRunning"].as_u64().unwrap_or(0) as usize,
+            instances: a["instances"].as_u64().unwrap_or(0),
+            waiting: a["lab_waiting"]["reason"].as_str().map(str::to_string),
+            id,
+            tasks,
+        });
+    }
+    Ok(out)
+}
+
+/// Waits until every app runs or waits for a stated reason, with
+/// `want_running` tasks running; prints what runs and what waits.
+fn wait_tasks(group: &str, want_running: usize, limit: Duration) -> Result<(), LabError> {
+    let started = Instant::now();
+    let mut p = Progress::new();
+    loop {
+        interrupted()?;
+        let apps = apps_view(group).unwrap_or_default();
+        let running: usize = apps.iter().map(|a| a.running).sum();
+        let settled = apps
+            .iter()
+            .all(|a| a.running as u64 == a.instances || a.waiting.is_some());
+        if running == want_running && settled && !apps.is_empty() {
+            p.done();
+            for a in &apps {
+                if a.tasks.is_empty() {
+                    println!(
+                        "    {:<24} waits: {}",
+                        a.id,
+                        a.waiting.as_deref().unwrap_or("?")
+                    );
+                }
+                for t in &a.tasks {
+                    println!("    {:<24} {t}", a.id);
+                }
+            }
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            p.done();
+            return fail(format!(
+                "after {}s, {running} of the {want_running} expected tasks of /{group} run",
+                limit.as_secs()
+            ));
+        }
+        p.tick(started, &format!("{running}/{want_running} tasks running"));
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits until the collector's matrix tells the story, then confirms it a
+/// full probe-and-collect round later (so "unreachable" is measured, not
+/// merely "not probed yet").
+fn wait_matrix(
+    scene: Scene,
+    collector: &str,
+    limit: Duration,
+) -> Result<Matrix, (String, Option<Matrix>)> {
+    let started = Instant::now();
+    let mut p = Progress::new();
+    let mut last = None;
+    let mut why = String::from("no answer from the collector yet");
+    let mut matched_at: Option<Instant> = None;
+    while started.elapsed() < limit {
+        if util::terminating() {
+            return Err(("interrupted".into(), last));
+        }
+        match read_matrix(collector) {
+            Ok(m) => {
+                match check(scene, &m) {
+                    Ok(()) => {
+                        let since = *matched_at.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= Duration::from_secs(5) {
+                            p.done();
+                            return Ok(m);
+                        }
+                        why = "matches; confirming over another probe round".into();
+                    }
+                    Err(e) => {
+                        matched_at = None;
+                        why = e;
+                    }
+                }
+                last = Some(m);
+            }
+            Err(e) => why = e,
+        }
+        p.tick(started, &format!("reading {collector}/responses: {why}"));
+        thread::sleep(Duration::from_millis(500));
+    }
+    p.done();
+    Err((format!("after {}s: {why}", limit.as_secs()), last))
+}
+
+fn show_dns(cfg: &LabConfig, names: &[String]) {
+    let Some(agent) = cfg.agents.first() else {
+        return;
+    };
+    let server = SocketAddr::new(agent.ip.into(), 53);
+    for n in names {
+        match dns::resolve(server, n, Duration::from_secs(1)) {
+            Ok((0, addrs)) => println!(
+                "    {n} → {}",
+                addrs
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Ok((rcode, _)) => println!("    {n} → rcode {rcode}"),
+            Err(e) => println!("    {n} → {e}"),
+        }
+    }
+}
+
+struct SceneSpec {
+    scene: Scene,
+    title: &'static str,
+    story: &'static str,
+    group: &'static str,
+    file: &'static str,
+    body: &'static str,
+    running: usize,
+}
+
+fn play(spec: &SceneSpec, timeout: Duration) -> Result<(), LabError> {
+    println!("\n== {}\n   {}", spec.title, spec.story);
+    put_group(spec.group, spec.file, spec.body)?;
+    println!("  What runs and what waits:");
+    wait_tasks(spec.group, spec.running, timeout)?;
+    let cfg = LabConfig::load()?;
+    let collector = match spec.scene {
+        Scene::Before => {
+            let v = http::get_json(
+                &marathon(&format!("/v2/apps/{}/collect", spec.group)),
+                Duration::from_secs(3),
+            )
+            .map_err(LabError::new)?;
+            let host = v["app"]["tasks"][0]["host"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let ip = cfg
+                .agents
+                .iter()
+                .find(|a| a.name == host)
+                .map(|a| a.ip.to_string())
+                .ok_or_else(|| LabError::new("the collector runs on no known agent"))?;
+            format!("http://{ip}:9001")
+        }
+        Scene::Routed => format!("http://{COLLECTOR_ROUTED}:9001"),
+        Scene::Isolated => format!("http://{COLLECTOR_ISOLATED}:9001"),
+    };
+    println!("  Names, from {}'s DNS:", cfg.agents[0].name);
+    let names: Vec<String> = match spec.scene {
+        Scene::Before => vec![
+            "probe-a-star.marathon.mesos".into(),
+            "collect-star.marathon.mesos".into(),
+        ],
+        _ => vec![
+            format!("probe-a.{}.marathon.mesos", spec.group),
+            format!("probe-c.{}.marathon.mesos", spec.group),
+        ],
+    };
+    show_dns(&cfg, &names);
+    println!("  The visualizer: {collector}/");
+    println!("  Reachability (from {collector}/responses):");
+    match wait_matrix(spec.scene, &collector, timeout) {
+        Ok(m) => {
+            for line in render(&m).lines() {
+                println!("    {line}");
+            }
+            println!("  ✔ matches the story");
+            Ok(())
+        }
+        Err((why, last)) => {
+            if let Some(m) = last {
+                for line in render(&m).lines() {
+                    println!("    {line}");
+                }
+            }
+            println!("  ✘ does not match the story: {why}");
+            fail(why)
+        }
+    }
+}
+
+/// `netmod demo`.
+pub fn run(args: &DemoArgs) -> Result<(), LabError> {
+    if !util::is_root() {
+        return fail("the demo builds network namespaces: run it as root");
+    }
+    if LabConfig::path().exists() {
+        return fail("a lab is already up; the demo builds its own: run `netmod lab down` first");
+    }
+    util::catch_termination();
+    let timeout = Duration::from_secs(args.timeout);
+    println!("netmod demo: the seed's story on this machine — before, per-task IPs, isolated.");
+    println!("Marathon: http://127.0.0.1:{MARATHON_PORT}/   Mesos: http://127.0.0.1:5050/");
+    let scenes = [
+        SceneSpec {
+            scene: Scene::Before,
+            title: "1/3 Before: vanilla Mesos, host ports only",
+            story: "Four probes must each listen on port 9000; two agents. Without a network \
+                    isolator only one fits per agent: two run, two wait, and the two that run \
+                    reach each other.",
+            group: "star",
+            file: "stars-before.json",
+            body: STARS_BEFORE,
+            running: 3,
+        },
+        SceneSpec {
+            scene: Scene::Routed,
+            title: "2/3 Per-task IPs: netmod gives every task its own address",
+            story: "All four probes get addresses from 192.168.0.0/16 and all listen on 9000, two \
+                    per agent; all are in netgroup public, so every pair reaches. The collector \
+                    has the fixed address 192.168.255.253.",
+            group: "star",
+            file: "stars.json",
+            body: STARS,
+            running: 5,
+        },
+        SceneSpec {
+            scene: Scene::Isolated,
+            title: "3/3 Isolated: netgroups decide who reaches whom",
+            story: "A,B in star-1, C,D in star-2; the collector (192.168.255.252) in star-1, \
+                    star-2 and public. A↔B and C↔D only; the collector reaches all four.",
+            group: "star-isolated",
+            file: "stars-isolated.json",
+            body: STARS_ISOLATED,
+            running: 5,
+        },
+    ];
+    let mut results: Vec<(&str, Result<(), String>)> = Vec::new();
+    let outcome = (|| -> Result<(), LabError> {
+        println!("\n-- the \"before\" cluster");
+        lab_cmd(&["up", "--no-isolator"])?;
+        let r = play(&scenes[0], timeout);
+        results.push((
+            scenes[0].title,
+            r.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+        ));
+        interrupted()?;
+        lab_cmd(&["down"])?;
+        println!("\n-- the cluster with netmod");
+        lab_cmd(&["up"])?;
+        for s in &scenes[1..] {
+            interrupted()?;
+            let r = play(s, timeout);
+            results.push((s.title, r.map_err(|e| e.to_string())));
+        }
+        Ok(())
+    })();
+    let kept = args.keep && Path::new(&LabConfig::path()).exists();
+    if kept {
+        println!("\nThe lab stays up (--keep):");
+        println!("  Marathon   http://127.0.0.1:{MARATHON_PORT}/");
+        println!("  Mesos      http://127.0.0.1:5050/");
+        println!("  visualizer http://{COLLECTOR_ROUTED}:9001/   (per-task IPs)");
+        println!("  visualizer http://{COLLECTOR_ISOLATED}:9001/   (isolated)");
+        println!("  remove it with: netmod lab down");
+    } else {
+        println!();
+        if let Err(e) = lab_cmd(&["down"]) {
+            eprintln!("netmod demo: {e}");
+        }
+    }
+    println!("\nSummary:");
+    for (title, r) in &results {
+        match r {
+            Ok(()) => println!("  ✔ {title}"),
+            Err(e) => println!("  ✘ {title}: {e}"),
+        }
+    }
+    if util::terminating() {
+        return fail("interrupted");
+    }
+    outcome?;
+    if results.len() == 3 && results.iter().all(|(_, r)| r.is_ok()) {
+        println!("All three scenes match the seed's story.");
+        Ok(())
+    } else {
+        fail("the demo does not match the seed's story (see above)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Row<'a> = (&'a str, Option<&'a [(&'a str, bool)]>);
+
+    fn m(rows: &[Row]) -> Matrix {
+        rows.iter()
+            .map(|(k, r)| {
+                (
+                    k.to_string(),
+                    r.map(|r| r.iter().map(|(t, b)| (t.to_string(), *b)).collect()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stories() {
+        let before = m(&[
+            ("A", Some(&[("B", true), ("C", false), ("D", false)])),
+            ("B", Some(&[("A", true), ("C", false), ("D", false)])),
+            ("C", None),
+            ("D", None),
+        ]);
+        assert!(check(Scene::Before, &before).is_ok());
+        assert!(check(Scene::Routed, &before)
+            .unwrap_err()
+            .contains("all four"));
+        let all = |b: bool| {
+            let ids = ["A", "B", "C", "D"];
+            ids.iter()
+                .map(|f| {
+                    let row = ids
+                        .iter()
+                        .filter(|t| *t != f)
+                        .map(|t| {
+                            (
+                                t.to_string(),
+                                b || (matches!(*f, "A" | "B") == matches!(*t, "A" | "B")),
+                            )
+                        })
+                        .collect();
+                    (f.to_string(), Some(row))
+                })
+                .collect::<Matrix>()
+        };
+        assert!(check(Scene::Routed, &all(true)).is_ok());
+        assert!(check(Scene::Isolated, &all(false)).is_ok());
+        let e = check(Scene::Isolated, &all(true)).unwrap_err();
+        assert!(e.contains("A→C reaches (should not)"), "{e}");
+        assert!(check(Scene::Routed, &all(false))
+            .unwrap_err()
+            .contains("A→C does not reach"));
+        let r = render(&before);
+        assert!(r.contains("A →  ·  ✓  ✗  ✗"), "{r}");
+        assert!(r.contains("(no answer"));
+    }
+
+    #[test]
+    fn embedded_files_are_the_seed_shape() {
+        for body in [STARS_BEFORE, STARS, STARS_ISOLATED] {
+            let v: Value = serde_json::from_str(body).unwrap();
+            let g = crate::marathon::parse_group(&v, v["id"].as_str().unwrap()).unwrap();
+            assert_eq!(g.apps.len(), 5);
+        }
+        for (_, text) in RESOURCE_FILES {
+            let v: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(v.as_array().unwrap().len(), 4);
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The fabric: a bridge `nmlab-br0` in the machine's namespace, one namespace
+//! `nmlab-agent-N` per agent host joined to it by a veth, and (with the
+//! isolator) the pool routed from the machine into the fabric via agent 1.
+//!
+//! Everything here goes through the `ip` command: the lab is a harness, and
+//! only netmod's own dataplane talks netlink. Every object carries the
+//! `nmlab-` prefix so `lab down` finds its own and only its own.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use ipnet::Ipv4Net;
+use serde_json::Value;
+
+use crate::config::{AgentHost, LabConfig, BRIDGE, HOST_IF, PREFIX};
+use crate::error::{fail, Context, LabError};
+
+/// Runs `ip ARGS`, returning stdout; the error carries ip's own message.
+pub fn ip(args: &[&str]) -> Result<String, LabError> {
+    run("ip", args)
+}
+
+fn run(prog: &str, args: &[&str]) -> Result<String, LabError> {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .context(|| format!("cannot run {prog} (is iproute2 installed?)"))?;
+    if !out.status.success() {
+        return fail(format!(
+            "`{prog} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip_json(args: &[&str]) -> Result<Vec<Value>, LabError> {
+    let text = ip(args)?;
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let v: Value = serde_json::from_str(&text)
+        .context(|| format!("`ip {}` printed no JSON", args.join(" ")))?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+/// A route the machine has: its destination and how `ip` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub dst: Ipv4Net,
+    pub shown: String,
+}
+
+/// The machine's IPv4 routes (every table but `local`; not the default route,
+/// which overlaps everything and is what the lab must never fall through to).
+pub fn machine_routes() -> Result<Vec<Route>, LabError> {
+    let mut routes = Vec::new();
+    for r in ip_json(&["-4", "-j", "route", "show", "table", "all"])? {
+        if r["table"].as_str() == Some("local") {
+            continue;
+        }
+        let Some(dst) = r["dst"].as_str() else {
+            continue;
+        };
+        if dst == "default" {
+            continue;
+        }
+        let net = if dst.contains('/') {
+            dst.parse::<Ipv4Net>()
+        } else {
+            format!("{dst}/32").parse::<Ipv4Net>()
+        };
+        let Ok(net) = net else { continue };
+        let mut shown = dst.to_string();
+        if let Some(gw) = r["gateway"].as_str() {
+            shown += &format!(" via {gw}");
+        }
+        if let Some(dev) = r["dev"].as_str() {
+            shown += &format!(" dev {dev}");
+        }
+        routes.push(Route { dst: net, shown });
+    }
+    Ok(routes)
+}
+
+pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Refuses a fabric or pool that overlaps a route the machine already has,
+/// or each other (pure: takes the routes).
+pub fn check_ranges(
+    routes: &[Route],
+    fabric: &Ipv4Net,
+    pool: Option<&Ipv4Net>,
+) -> Result<(), LabError> {
+    if let Some(pool) = pool {
+        if overlaps(fabric, pool) {
+            return fail(format!(
+                "the pool {pool} overlaps the fabric {fabric}; choose another --pool or --fabric"
+            ));
+        }
+    }
+    let ranges = [
+        ("fabric", Some(fabric), "--fabric"),
+        ("pool", pool, "--pool"),
+    ];
+    for (what, net, flag) in ranges {
+        let Some(net) = net else { continue };
+        if let Some(r) = routes.iter().find(|r| overlaps(&r.dst, net)) {
+            return fail(format!(
+                "the {what} {net} overlaps the route `{}` this machine already has; \
+                 the lab will not shadow it: choose another range with {flag}",
+                r.shown
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The fabric's addresses: the bridge takes the first host address, agent N
+/// takes the 10+N-th.
+pub fn plan(fabric: &Ipv4Net, agents: u32) -> Result<(Ipv4Addr, Vec<AgentHost>), LabError> {
+    if fabric.prefix_len() > 26 {
+        return fail(format!(
+            "the fabric {fabric} is too small (use a /26 or larger)"
+        ));
+    }
+    let base = u32::from(fabric.network());
+    let room = (1u64 << (32 - fabric.prefix_len())) - 12;
+    if agents == 0 || agents as u64 > room.min(200) {
+        return fail(format!("--agents must be between 1 and {}", room.min(200)));
+    }
+    let bridge_ip = Ipv4Addr::from(base + 1);
+    let hosts = (1..=agents)
+        .map(|i| AgentHost {
+            index: i,
+            name: format!("{PREFIX}agent-{i}"),
+            ip: Ipv4Addr::from(base + 10 + i),
+            root_veth: format!("{PREFIX}v{i}"),
+        })
+        .collect();
+    Ok((bridge_ip, hosts))
+}
+
+/// Creates the bridge and every agent host namespace.
+pub fn create(cfg: &LabConfig) -> Result<(), LabError> {
+    let prefix = cfg.fabric.parse::<Ipv4Net>().expect("checked").prefix_len();
+    let bridge_addr = format!("{}/{prefix}", cfg.bridge_ip);
+    ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+    ip(&["addr", "add", &bridge_addr, "dev", BRIDGE])?;
+    ip(&["link", "set", BRIDGE, "up"])?;
+    for a in &cfg.agents {
+        let ns = a.name.as_str();
+        let addr = format!("{}/{prefix}", a.ip);
+        let gw = cfg.bridge_ip.to_string();
+        ip(&["netns", "add", ns])?;
+        ip(&[
+            "link",
+            "add",
+            &a.root_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            HOST_IF,
+            "netns",
+            ns,
+        ])?;
+        ip(&["link", "set", &a.root_veth, "master", BRIDGE, "up"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", ns, "addr", "add", &addr, "dev", HOST_IF])?;
+        ip(&["-n", ns, "link", "set", HOST_IF, "up"])?;
+        // Proxy ARP for 169.254.1.1 answers only when the host has a route
+        // to it through another interface: the default route gives one.
+        ip(&[
+            "-n", ns, "route", "add", "default", "via", &gw, "dev", HOST_IF,
+        ])?;
+        // An agent host forwards for its tasks.
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Routes the pool from the machine into the fabric, via agent 1. Done
+/// before any task starts, so traffic to pool addresses never falls through
+/// to the machine's default route.
+pub fn route_pool(cfg: &LabConfig) -> Result<(), LabError> {
+    let (Some(pool), Some(first)) = (&cfg.pool, cfg.agents.first()) else {
+        return Ok(());
+    };
+    ip(&[
+        "route",
+        "add",
+        pool,
+        "via",
+        &first.ip.to_string(),
+        "dev",
+        BRIDGE,
+    ])?;
+    Ok(())
+}
+
+/// What of the lab's exists in the kernel now.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Present {
+    pub namespaces: Vec<String>,
+    pub links: Vec<String>,
+    pub routes: Vec<String>,
+}
+
+impl Present {
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.is_empty() && self.links.is_empty() && self.routes.is_empty()
+    }
+}
+
+/// Finds the lab's objects by name: namespaces and links named `nmlab-*`,
+/// routes through an `nmlab-*` link, and `pool` routes if given.
+pub fn present(pool: Option<&str>) -> Result<Present, LabError> {
+    let mut p = Present::default();
+    for ns in ip_json(&["-j", "netns", "list"])? {
+        if let Some(name) = ns["name"].as_str() {
+            if name.starts_with(PREFIX) {
+                p.namespaces.push(name.to_string());
+            }
+        }
+    }
+    for l in ip_json(&["-j", "link", "show"])? {
+        if let Some(name) = l["ifname"].as_str() {
+            if name.starts_with(PREFIX) {
+                p.links.push(name.to_string());
+            }
+        }
+    }
+    for r in ip_json(&["-4", "-j", "route", "show", "table", "all"])? {
+        let dst = r["dst"].as_str().unwrap_or("");
+        let ours_dev = r["dev"].as_str().is_some_and(|d| d.starts_with(PREFIX));
+        let ours_dst = pool.is_some_and(|p| p == dst);
+        if ours_dev || ours_dst {
+            let table = r["table"].as_str().unwrap_or("main");
+            p.routes.push(format!(
+                "{dst} dev {} table {table}",
+                r["dev"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    Ok(p)
+}
+
+/// Removes the lab's kernel objects, best effort: every failure is reported,
+/// "already gone" is not a failure.
+pub fn destroy(pool: Option<&str>) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Some(pool) = pool {
+        // Goes with the bridge too; removed first so no packet to the pool
+        // can ever take the machine's default route meanwhile (there is none
+        // left to take: the route is gone only once the bridge is).
+        let _ = ip(&["route", "del", pool, "dev", BRIDGE]);
+    }
+    let found = match present(pool) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.push(e.to_string());
+            return errors;
+        }
+    };
+    for ns in &found.namespaces {
+        if let Err(e) = ip(&["netns", "del", ns]) {
+            errors.push(e.to_string());
+        }
+    }
+    // Root-side veths go with their namespace side; the bridge last.
+    let mut links = present(pool).map(|p| p.links).unwrap_or(found.links);
+    links.sort_by_key(|l| l == BRIDGE);
+    for link in links {
+        if let Err(e) = ip(&["link", "del", &link]) {
+            if !e.to_string().contains("Cannot find device") {
+                errors.push(e.to_string());
+            }
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(dst: &str) -> Route {
+        Route {
+            dst: dst.parse().unwrap(),
+            shown: format!("{dst} dev eth9"),
+        }
+    }
+
+    #[test]
+    fn overlapping_ranges_are_refused() {
+        let fabric: Ipv4Net = "10.234.0.0/24".parse().unwrap();
+        let pool: Ipv4Net = "192.168.0.0/16".parse().unwrap();
+        let routes = [route("192.0.2.0/24")];
+        assert!(check_ranges(&routes, &fabric, Some(&pool)).is_ok());
+        let e = check_ranges(&[route("192.168.7.0/24")], &fabric, Some(&pool)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("pool 192.168.0.0/16 overlaps the route `192.168.7.0/24 dev eth9`"),
+            "{e}"
+        );
+        let e = check_ranges(&[route("10.0.0.0/8")], &fabric, None).unwrap_err();
+        assert!(e.to_string().contains("--fabric"), "{e}");
+        let e = check_ranges(&[], &fabric, Some(&"10.0.0.0/8".parse().unwrap())).unwrap_err();
+        assert!(e.to_string().contains("overlaps the fabric"), "{e}");
+    }
+
+    #[test]
+    fn fabric_plan() {
+        let (br, agents) = plan(&"10.234.0.0/24".parse().unwrap(), 2).unwrap();
+        assert_eq!(br.to_string(), "10.234.0.1");
+        assert_eq!(agents[1].ip.to_string(), "10.234.0.12");
+        assert_eq!(agents[1].name, "nmlab-agent-2");
+        assert_eq!(agents[0].root_veth, "nmlab-v1");
+        assert!(plan(&"10.234.0.0/24".parse().unwrap(), 0).is_err());
+        assert!(plan(&"10.234.0.0/28".parse().unwrap(), 1).is_err());
+    }
+}

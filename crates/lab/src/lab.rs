@@ -1,0 +1,520 @@
+//! `netmod lab up`, `status` and `down`.
+//!
+//! `up` checks first (root, tools, binaries, free ports, ranges that overlap
+//! nothing the machine routes), then builds in an order that keeps traffic
+//! safe: fabric, pool route into the fabric, store and pool, master,
+//! `netmod node` and an agent per host. A failure part-way tears down what
+//! was built. `down` finds everything by name and pid file, so it also
+//! cleans up after a crashed or half-built lab.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use serde_json::Value;
+
+use crate::config::{self, LabConfig, DEFAULT_FABRIC, DEFAULT_POOL, MARATHON_PORT, MESOS_PORT};
+use crate::error::{fail, Context, LabError};
+use crate::fabric;
+use crate::http;
+use crate::procs;
+use crate::util::{self, unix_now};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Agent hosts (network namespaces) to create.
+    #[arg(long, default_value_t = 2)]
+    pub agents: u32,
+    /// The address pool tasks get their addresses from; routed into the fabric.
+    #[arg(long, default_value = DEFAULT_POOL)]
+    pub pool: String,
+    /// The fabric's range (bridge and agent host addresses).
+    #[arg(long, default_value = DEFAULT_FABRIC)]
+    pub fabric: String,
+    /// Vanilla Mesos: no network isolator, no `netmod node`, host ports only.
+    #[arg(long)]
+    pub no_isolator: bool,
+    /// Datastore for netmod (default: the lab's own SQLite file, removed by `down`).
+    #[arg(long)]
+    pub store: Option<String>,
+    /// CPUs each agent offers.
+    #[arg(long, default_value_t = 4.0)]
+    pub agent_cpus: f64,
+    /// Memory (MB) each agent offers.
+    #[arg(long, default_value_t = 4096.0)]
+    pub agent_mem: f64,
+}
+
+/// The star binaries the demo runs, next to the netmod executable.
+pub const STAR_BINARIES: [&str; 2] = ["star-probe", "star-collect"];
+
+/// This program (`netmod-lab`) and the `netmod` beside it.
+fn executables() -> Result<(PathBuf, PathBuf), LabError> {
+    let me = std::env::current_exe().context(|| "cannot find the netmod-lab executable".into())?;
+    let netmod = me.with_file_name("netmod");
+    if !netmod.is_file() {
+        return fail(format!(
+            "{} is missing: the lab runs the netmod found next to netmod-lab (cargo build -p netmod)",
+            netmod.display()
+        ));
+    }
+    Ok((me, netmod))
+}
+
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).is_ok()
+}
+
+fn lab_exists() -> bool {
+    LabConfig::path().exists()
+        || fabric::present(None).is_ok_and(|p| !p.namespaces.is_empty() || !p.links.is_empty())
+}
+
+/// `netmod lab up`.
+pub fn up(args: &UpArgs) -> Result<(), LabError> {
+    if !util::is_root() {
+        return fail("the lab makes network namespaces and routes: run it as root");
+    }
+    if lab_exists() {
+        return fail("a lab is already up (see `netmod lab status`); run `netmod lab down` first");
+    }
+    let (lab_exe, netmod) = executables()?;
+    let bin_dir = lab_exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    for b in STAR_BINARIES {
+        if !bin_dir.join(b).is_file() {
+            return fail(format!(
+                "{} is missing: the lab runs the star binaries found next to netmod \
+                 (build them: cargo build --release -p star)",
+                bin_dir.join(b).display()
+            ));
+        }
+    }
+    for port in [MARATHON_PORT, MESOS_PORT] {
+        if !port_free(port) {
+            return fail(format!(
+                "127.0.0.1:{port} is taken by another program; the lab's master needs it"
+            ));
+        }
+    }
+    let fabric_net: Ipv4Net = args
+        .fabric
+        .parse()
+        .context(|| format!("--fabric {}: not an IPv4 CIDR", args.fabric))?;
+    let fabric_net = fabric_net.trunc();
+    let pool: Option<Ipv4Net> = if args.no_isolator {
+        None
+    } else {
+        let p: Ipv4Net = args
+            .pool
+            .parse()
+            .context(|| format!("--pool {}: not an IPv4 CIDR", args.pool))?;
+        Some(p.trunc())
+    };
+    fabric::check_ranges(&fabric::machine_routes()?, &fabric_net, pool.as_ref())?;
+    let (bridge_ip, agents) = fabric::plan(&fabric_net, args.agents)?;
+
+    for dir in [
+        config::run_dir(),
+        config::pid_dir(),
+        config::log_dir(),
+        config::sandbox_root(),
+    ] {
+        fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let star_dir = config::run_dir().join("star");
+    let (store, store_owned) = match &args.store {
+        Some(s) => (s.clone(), false),
+        None => (config::default_store().display().to_string(), true),
+    };
+    let cfg = LabConfig {
+        run_id: util::random_hex(4),
+        fabric: fabric_net.to_string(),
+        bridge_ip,
+        agents,
+        pool: pool.map(|p| p.to_string()),
+        isolator: !args.no_isolator,
+        store,
+        store_owned,
+        netmod,
+        lab_exe,
+        star_dir: star_dir.clone(),
+        agent_cpus: args.agent_cpus,
+        agent_mem: args.agent_mem,
+        created_at: unix_now(),
+    };
+    cfg.save()?;
+    match build(&cfg, &bin_dir) {
+        Ok(()) => {
+            print_summary(&cfg);
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("netmod lab up failed: {e}\nremoving what was built ...");
+            let _ = down_quiet();
+            Err(e)
+        }
+    }
+}
+
+fn build(cfg: &LabConfig, bin_dir: &Path) -> Result<(), LabError> {
+    // The seed's /star directory: the star binaries (linked), and room for
+    // the files the demo's apps fetch.
+    fs::create_dir_all(&cfg.star_dir).context(|| "cannot create the star directory".into())?;
+    for b in STAR_BINARIES {
+        let link = cfg.star_dir.join(b);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(bin_dir.join(b), &link)
+            .context(|| format!("cannot link {}", link.display()))?;
+    }
+    // The demo's resource files, as the seed's image had them; the demo
+    // scripts copy the current ones from demo/marathon/ over these.
+    for (name, text) in crate::demo::RESOURCE_FILES {
+        let path = cfg.star_dir.join(name);
+        fs::write(&path, text).context(|| format!("cannot write {}", path.display()))?;
+    }
+    say(format!(
+        "fabric: bridge {} {}/{}",
+        config::BRIDGE,
+        cfg.bridge_ip,
+        prefix(cfg)
+    ));
+    fabric::create(cfg)?;
+    for a in &cfg.agents {
+        say(format!(
+            "host {}: {} (namespace {}, default route via {})",
+            a.name, a.ip, a.name, cfg.bridge_ip
+        ));
+    }
+    if let Some(pool) = &cfg.pool {
+        // Before any task runs: pool traffic from the machine goes into the
+        // fabric, never to the machine's default route.
+        fabric::route_pool(cfg)?;
+        say(format!(
+            "route: {pool} via {} (into the fabric)",
+            cfg.agents[0].ip
+        ));
+        let out = Command::new(&cfg.netmod)
+            .args(["--store", &cfg.store, "pool", "add", pool])
+            .output()
+            .context(|| "cannot run netmod pool add".into())?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() && !text.contains("already") {
+            return fail(format!("netmod pool add {pool} failed: {}", text.trim()));
+        }
+        say(format!("pool: {pool} in the store {}", cfg.store));
+    }
+    let exe = cfg.netmod.display().to_string();
+    let lab = cfg.lab_exe.display().to_string();
+    procs::spawn_daemon("master", &[lab.clone(), "lab".into(), "master".into()])?;
+    wait_for("the master", Duration::from_secs(10), || {
+        http::request(
+            "GET",
+            &format!("http://127.0.0.1:{MESOS_PORT}/health"),
+            None,
+            Duration::from_secs(1),
+        )
+        .is_ok_and(|r| r.status == 200)
+    })
+    .map_err(|e| LabError::new(format!("{e}\n{}", procs::log_tail("master", 10))))?;
+    say(format!(
+        "master: Marathon http://127.0.0.1:{MARATHON_PORT}/  Mesos http://127.0.0.1:{MESOS_PORT}/"
+    ));
+    for a in &cfg.agents {
+        let in_ns = |argv: &[&str]| -> Vec<String> {
+            ["ip", "netns", "exec", a.name.as_str()]
+                .iter()
+                .chain(argv)
+                .map(|s| s.to_string())
+                .collect()
+        };
+        if cfg.isolator {
+            let metrics = format!("127.0.0.1:{}", config::NODE_METRICS_PORT);
+            let ip = a.ip.to_string();
+            procs::spawn_daemon(
+                &format!("node-{}", a.index),
+                &in_ns(&[
+                    &exe,
+                    "--store",
+                    &cfg.store,
+                    "node",
+                    "--hostname",
+                    &a.name,
+                    "--host-ip",
+                    &ip,
+                    "--metrics-addr",
+                    &metrics,
+                ]),
+            )?;
+        }
+        let index = a.index.to_string();
+        procs::spawn_daemon(
+            &format!("agent-{}", a.index),
+            &in_ns(&[&lab, "lab", "agent", "--index", &index]),
+        )?;
+    }
+    let want = cfg.agents.len();
+    wait_for("the agents to register", Duration::from_secs(15), || {
+        registered_agents() >= want
+    })
+    .map_err(|e| {
+        let tails: Vec<String> = cfg
+            .agents
+            .iter()
+            .map(|a| {
+                format!(
+                    "agent-{}: {}",
+                    a.index,
+                    procs::log_tail(&format!("agent-{}", a.index), 5)
+                )
+            })
+            .collect();
+        LabError::new(format!("{e}\n{}", tails.join("\n")))
+    })?;
+    if cfg.isolator {
+        // `netmod node` must stay up: it routes other hosts' blocks and keeps policy.
+        thread::sleep(Duration::from_millis(300));
+        for a in &cfg.agents {
+            let name = format!("node-{}", a.index);
+            if !procs::read_pid(&name).is_some_and(procs::alive) {
+                return fail(format!(
+                    "netmod node on {} exited: {}",
+                    a.name,
+                    procs::log_tail(&name, 8)
+                ));
+            }
+        }
+        say("node: netmod node runs on every host".to_string());
+    }
+    Ok(())
+}
+
+fn prefix(cfg: &LabConfig) -> u8 {
+    cfg.fabric
+        .parse::<Ipv4Net>()
+        .map(|n| n.prefix_len())
+        .unwrap_or(24)
+}
+
+fn say(line: String) {
+    println!("  {line}");
+}
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Result<(), LabError> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ok() {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    fail(format!(
+        "timed out after {}s waiting for {what}",
+        limit.as_secs()
+    ))
+}
+
+fn master_state() -> Option<Value> {
+    http::get_json(
+        &format!("http://127.0.0.1:{MESOS_PORT}/master/state.json"),
+        Duration::from_secs(2),
+    )
+    .ok()
+}
+
+fn registered_agents() -> usize {
+    master_state()
+        .and_then(|s| s["activated_slaves"].as_u64())
+        .unwrap_or(0) as usize
+}
+
+fn print_summary(cfg: &LabConfig) {
+    println!(
+        "lab up: {} agent(s){}.\n  Marathon: http://127.0.0.1:{MARATHON_PORT}/\n  Mesos:    http://127.0.0.1:{MESOS_PORT}/\n  `netmod lab status` shows it, `netmod lab down` removes it.",
+        cfg.agents.len(),
+        if cfg.isolator {
+            format!(", tasks with ipAddress get addresses from {}", cfg.pool.as_deref().unwrap_or("?"))
+        } else {
+            " without the network isolator (host ports only)".into()
+        }
+    );
+}
+
+/// `netmod lab status`.
+pub fn status() -> Result<(), LabError> {
+    let cfg = match LabConfig::load() {
+        Ok(c) => c,
+        Err(_) => {
+            let left = fabric::present(None)?;
+            if left.is_empty() && procs::recorded().is_empty() {
+                println!("no lab is up");
+                return Ok(());
+            }
+            println!("no lab config, but leftovers exist (run `netmod lab down`): {left:?}");
+            return Ok(());
+        }
+    };
+    println!(
+        "lab {} (fabric {} bridge {}, {}, store {})",
+        cfg.run_id,
+        cfg.fabric,
+        cfg.bridge_ip,
+        if cfg.isolator {
+            format!(
+                "pool {} routed via {}",
+                cfg.pool.as_deref().unwrap_or("-"),
+                cfg.agents[0].ip
+            )
+        } else {
+            "no isolator".into()
+        },
+        cfg.store
+    );
+    println!("processes:");
+    for (name, pid) in procs::recorded() {
+        let state = if procs::alive(pid) {
+            "running"
+        } else {
+            "EXITED"
+        };
+        println!(
+            "  {name:<10} pid {pid:<8} {state}   log {}",
+            procs::log_file(&name).display()
+        );
+    }
+    let present = fabric::present(cfg.pool.as_deref())?;
+    println!("namespaces: {}", present.namespaces.join(" "));
+    println!("links:      {}", present.links.join(" "));
+    println!("routes:     {}", present.routes.join("; "));
+    match master_state() {
+        None => println!("master: not answering on 127.0.0.1:{MESOS_PORT}"),
+        Some(s) => {
+            for a in s["slaves"].as_array().into_iter().flatten() {
+                println!(
+                    "agent {} {} active={} used cpus {} mem {} ports {}",
+                    a["hostname"].as_str().unwrap_or(""),
+                    a["pid"].as_str().unwrap_or(""),
+                    a["active"],
+                    a["used_resources"]["cpus"],
+                    a["used_resources"]["mem"],
+                    a["used_resources"]["ports"].as_str().unwrap_or("")
+                );
+            }
+            let tasks = s["frameworks"][0]["tasks"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            println!("tasks: {} active", tasks.len());
+            for t in tasks {
+                println!(
+                    "  {:<50} {:<14} {}",
+                    t["id"].as_str().unwrap_or(""),
+                    t["state"].as_str().unwrap_or(""),
+                    t["hostname"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `netmod lab down`.
+pub fn down() -> Result<(), LabError> {
+    if !util::is_root() {
+        return fail("removing the lab needs root");
+    }
+    let left = down_quiet()?;
+    if left.is_empty() {
+        println!("lab down: nothing of the lab is left");
+        Ok(())
+    } else {
+        fail(format!("lab down left: {}", left.join("; ")))
+    }
+}
+
+/// Removes everything; returns what could not be removed.
+pub fn down_quiet() -> Result<Vec<String>, LabError> {
+    let cfg = LabConfig::load().ok();
+    let pool = cfg.as_ref().and_then(|c| c.pool.clone());
+    // The master first, so nothing is relaunched; then the agents, which
+    // stop their tasks (release + cleanup each); then netmod node.
+    procs::stop("master", "lab master", Duration::from_secs(3));
+    let mut agents: Vec<(String, u32)> = procs::recorded()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("agent-"))
+        .collect();
+    agents.sort();
+    // All agents at once: each stops its own tasks in parallel.
+    let stoppers: Vec<_> = agents
+        .into_iter()
+        .map(|(name, _)| {
+            thread::spawn(move || procs::stop(&name, "lab agent", Duration::from_secs(25)))
+        })
+        .collect();
+    for s in stoppers {
+        let _ = s.join();
+    }
+    // Anything the agents left: task processes (marked by their sandbox),
+    // then every process inside the lab's namespaces.
+    procs::kill_all(&procs::task_pids());
+    let nodes: Vec<(String, u32)> = procs::recorded()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("node-"))
+        .collect();
+    for (name, _) in nodes {
+        procs::stop(&name, "node", Duration::from_secs(5));
+    }
+    let namespaces = fabric::present(pool.as_deref())
+        .map(|p| p.namespaces)
+        .unwrap_or_default();
+    if let Some(cfg) = &cfg {
+        // netmod's own cleanup of what it made in each host namespace.
+        for a in &cfg.agents {
+            if namespaces.contains(&a.name) {
+                let _ = Command::new("timeout")
+                    .args(["10", "ip", "netns", "exec", &a.name])
+                    .arg(&cfg.netmod)
+                    .args(["--store", &cfg.store, "node", "--uninstall"])
+                    .output();
+            }
+        }
+    }
+    for ns in &namespaces {
+        procs::kill_all(&procs::netns_pids(ns));
+    }
+    let mut problems = fabric::destroy(pool.as_deref());
+    // The store, if it is the lab's own.
+    if let Some(cfg) = &cfg {
+        if cfg.store_owned {
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let _ = fs::remove_file(format!("{}{suffix}", cfg.store));
+            }
+        }
+    }
+    let leftovers_procs: Vec<String> = procs::recorded()
+        .into_iter()
+        .filter(|(_, pid)| procs::alive(*pid))
+        .map(|(n, pid)| format!("process {n} ({pid})"))
+        .collect();
+    problems.extend(leftovers_procs);
+    let tasks = procs::task_pids();
+    if !tasks.is_empty() {
+        problems.push(format!("task processes {tasks:?}"));
+    }
+    match fabric::present(pool.as_deref()) {
+        Ok(p) if !p.is_empty() => problems.push(format!("kernel objects {p:?}")),
+        Ok(_) => {}
+        Err(e) => problems.push(e.to_string()),
+    }
+    if problems.is_empty() {
+        let _ = fs::remove_dir_all(config::run_dir());
+    }
+    Ok(problems)
+}
