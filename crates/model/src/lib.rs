@@ -122,6 +122,16 @@ pub fn host_iface_name(container_id: &str, container_iface: &str) -> String {
     format!("{HOST_IFACE_PREFIX}{:011x}", hash & 0xfff_ffff_ffff)
 }
 
+/// Whether an interface name has exactly the shape netmod gives host-side
+/// interfaces, so cleanup never touches someone else's `nm…` interface.
+pub fn is_host_iface_name(name: &str) -> bool {
+    name.len() == HOST_IFACE_PREFIX.len() + 11
+        && name.starts_with(HOST_IFACE_PREFIX)
+        && name[HOST_IFACE_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Deterministic MAC for the container side (locally administered, unicast).
 pub fn container_mac(container_id: &str, container_iface: &str) -> [u8; 6] {
     let name = host_iface_name(container_id, container_iface);
@@ -155,5 +165,8 @@ mod tests {
         assert_ne!(a, host_iface_name("task-2", "eth0"));
         assert_ne!(a, host_iface_name("task-1", "eth1"));
         assert!(a.len() <= 15 && a.starts_with(HOST_IFACE_PREFIX));
+        assert!(is_host_iface_name(&a));
+        assert!(!is_host_iface_name("nmlab-br0"));
+        assert!(!is_host_iface_name("nmtestref0"));
     }
 }

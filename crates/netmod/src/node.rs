@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use netmod_dataplane as dp;
 use netmod_ipam::Ipam;
 use netmod_model::nft::Ruleset;
-use netmod_model::{Endpoint, Host, HOST_IFACE_PREFIX};
+use netmod_model::{is_host_iface_name, Endpoint, Host, HOST_IFACE_PREFIX};
 use netmod_store::{Revision, Store, StoreError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -161,7 +161,7 @@ impl Node {
         // Interfaces with our prefix and no endpoint are leftovers of a crash.
         let mine: BTreeSet<String> = self.local().map(|e| e.iface.clone()).collect();
         for link in dp::list_links_with_prefix(HOST_IFACE_PREFIX).map_err(dp_err)? {
-            if !mine.contains(&link.name) {
+            if is_host_iface_name(&link.name) && !mine.contains(&link.name) {
                 log(format!("removing leftover interface {}", link.name));
                 dp::unplug(&link.name).map_err(dp_err)?;
             }
@@ -410,6 +410,9 @@ fn uninstall() -> Result<(), CliError> {
     let table = dp::nft_delete_table().map_err(dp_err)?;
     let mut links = 0;
     for link in dp::list_links_with_prefix(HOST_IFACE_PREFIX).map_err(dp_err)? {
+        if !is_host_iface_name(&link.name) {
+            continue;
+        }
         dp::unplug(&link.name).map_err(dp_err)?;
         links += 1;
     }

@@ -34,7 +34,9 @@ fn version_and_bad_input_get_cni_errors_and_change_nothing() {
         ("CNI_NETNS", netns.as_str()),
         ("CNI_IFNAME", "eth0"),
     ];
-    let cases: Vec<(&str, Vec<(&str, &str)>, Value, u64)> = vec![
+    // (what, environment, configuration, expected CNI error code)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Value, u64);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", env.to_vec(), json!("{not json"), 6),
         (
             "no cniVersion",

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmarks: ipam, dataplane.
+    /// Which benchmarks: ipam, dataplane, cni, etcd.
     #[arg(default_values_t = vec!["ipam".to_string()])]
     pub which: Vec<String>,
     /// Directory for the result files.
@@ -38,7 +38,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             "etcd" => etcd::run(&args)?,
             other => {
                 return Err(CliError::Other(format!(
-                    "unknown benchmark {other:?} (known: ipam, dataplane)"
+                    "unknown benchmark {other:?} (known: ipam, dataplane, cni, etcd)"
                 )))
             }
         };

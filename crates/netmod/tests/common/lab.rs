@@ -1,6 +1,10 @@
 //! A tiny test fabric: fake hosts are network namespaces on a bridge that
 //! lives in a namespace of its own; containers are namespaces with a process
 //! in them. Everything is named `nmtest-<pid>-<n>-*` and removed on drop.
+//! The hosts share one SQLite file (`Fabric::new`), or an etcd server that
+//! runs inside the fabric namespace on the bridge address
+//! (`Fabric::with_options` with `Backend::Etcd`), which they reach over the
+//! fabric as real hosts would; each node's stderr goes to a log file.
 #![allow(dead_code)]
 
 use super::*;
