@@ -71,10 +71,6 @@ impl SqliteStore {
             .map_err(backend(what.clone()))?;
         conn.pragma_update(None, "mmap_size", 256 << 20)
             .map_err(backend(what.clone()))?;
-        // Keep the WAL short: a process that opens the file when no other
-        // connection holds it reads the whole WAL to rebuild its index.
-        conn.pragma_update(None, "wal_autocheckpoint", 256)
-            .map_err(backend(what.clone()))?;
         // Short-lived plugin processes must not each checkpoint (and fsync) the
         // WAL on exit; checkpoints happen as the WAL grows.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
@@ -96,17 +92,19 @@ impl SqliteStore {
                 .map_err(backend(what.clone()))?;
             tx.execute_batch(
                 "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-                 INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
+                 INSERT OR IGNORE INTO meta VALUES ('compacted', 0);
                  -- Rowid tables: values (blocks) run to kilobytes, which WITHOUT ROWID handles badly.
                  CREATE TABLE IF NOT EXISTS kv (
                      key TEXT NOT NULL UNIQUE, value BLOB NOT NULL,
                      create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL,
                      lease INTEGER NOT NULL DEFAULT 0);
                  CREATE INDEX IF NOT EXISTS kv_lease ON kv(lease) WHERE lease != 0;
+                 -- One row per changed key; id = revision << 16 | position in the
+                 -- transaction. The newest row is never compacted away, so the
+                 -- store's revision is max(id) >> 16: no extra page per commit.
                  CREATE TABLE IF NOT EXISTS changes (
-                     rev INTEGER NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL,
-                     value BLOB, create_rev INTEGER NOT NULL, lease INTEGER NOT NULL,
-                     PRIMARY KEY (rev, seq));
+                     id INTEGER PRIMARY KEY, key TEXT NOT NULL,
+                     value BLOB, create_rev INTEGER NOT NULL, lease INTEGER NOT NULL);
                  CREATE TABLE IF NOT EXISTS leases (
                      id INTEGER PRIMARY KEY, ttl_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL);
                  PRAGMA user_version = 1;",
@@ -158,10 +156,16 @@ impl SqliteStore {
     }
 }
 
-fn bump_revision(tx: &rusqlite::Transaction) -> Result<Revision> {
-    tx.prepare_cached("UPDATE meta SET value = value + 1 WHERE name = 'revision' RETURNING value")
+const REVISION_SQL: &str = "SELECT coalesce(max(id), 0) >> 16 FROM changes";
+
+fn current_revision(tx: &rusqlite::Transaction) -> Result<Revision> {
+    tx.prepare_cached(REVISION_SQL)
         .and_then(|mut s| s.query_row([], |r| r.get(0)))
-        .map_err(backend("advancing the revision"))
+        .map_err(backend("reading the revision"))
+}
+
+fn bump_revision(tx: &rusqlite::Transaction) -> Result<Revision> {
+    Ok(current_revision(tx)? + 1)
 }
 
 fn delete_key(tx: &rusqlite::Transaction, key: &str, rev: Revision, seq: &mut i64) -> Result<()> {
@@ -210,8 +214,14 @@ fn record_change(
     lease: LeaseId,
 ) -> Result<()> {
     *seq += 1;
-    tx.prepare_cached("INSERT INTO changes VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-        .and_then(|mut s| s.execute(params![rev, *seq, key, value, create_rev, lease]))
+    if *seq > 0xffff {
+        return Err(StoreError::Backend {
+            context: "recording a change".into(),
+            source: "more than 65535 operations in one transaction".into(),
+        });
+    }
+    tx.prepare_cached("INSERT INTO changes VALUES (?1, ?2, ?3, ?4, ?5)")
+        .and_then(|mut s| s.execute(params![rev << 16 | *seq, key, value, create_rev, lease]))
         .map_err(backend("recording a change"))?;
     Ok(())
 }
@@ -239,7 +249,7 @@ impl Store for SqliteStore {
         // A read transaction so the rows and the revision are one snapshot.
         let tx = conn.transaction().map_err(backend("reading a range"))?;
         let rev: Revision = tx
-            .prepare_cached("SELECT value FROM meta WHERE name = 'revision'")
+            .prepare_cached(REVISION_SQL)
             .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(backend("reading the revision"))?;
         let end = prefix_end(prefix).unwrap_or_else(|| "\u{7f}".repeat(4));
@@ -286,7 +296,7 @@ impl Store for SqliteStore {
                 .unwrap_or(0);
             if found != *revision {
                 let rev = tx
-                    .prepare_cached("SELECT value FROM meta WHERE name = 'revision'")
+                    .prepare_cached(REVISION_SQL)
                     .and_then(|mut s| s.query_row([], |r| r.get(0)))
                     .map_err(backend("reading the revision"))?;
                 return Ok(TxnOutcome {
@@ -354,12 +364,12 @@ impl Store for SqliteStore {
                 }
                 let mut stmt = conn
                     .prepare_cached(
-                        "SELECT rev, key, value, create_rev, lease FROM changes
-                         WHERE rev > ?1 AND key >= ?2 AND key < ?3 ORDER BY rev, seq LIMIT 20000",
+                        "SELECT id >> 16, key, value, create_rev, lease FROM changes
+                         WHERE id >= ?1 AND key >= ?2 AND key < ?3 ORDER BY id LIMIT 20000",
                     )
                     .map_err(backend("reading changes"))?;
                 let rows = stmt
-                    .query_map(params![after, prefix, end], |r| {
+                    .query_map(params![(after + 1) << 16, prefix, end], |r| {
                         let rev: Revision = r.get(0)?;
                         let key: String = r.get(1)?;
                         let value: Option<Vec<u8>> = r.get(2)?;
@@ -391,7 +401,7 @@ impl Store for SqliteStore {
 
     fn revision(&self) -> Result<Revision> {
         let conn = self.lock();
-        conn.prepare_cached("SELECT value FROM meta WHERE name = 'revision'")
+        conn.prepare_cached(REVISION_SQL)
             .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(backend("reading the revision"))
     }
@@ -443,8 +453,8 @@ impl Store for SqliteStore {
 }
 
 fn compact_in(tx: &rusqlite::Transaction, revision: Revision) -> Result<()> {
-    tx.prepare_cached("DELETE FROM changes WHERE rev <= ?1")
-        .and_then(|mut s| s.execute([revision]))
+    tx.prepare_cached("DELETE FROM changes WHERE id < ?1 AND id < (SELECT max(id) FROM changes)")
+        .and_then(|mut s| s.execute([(revision + 1) << 16]))
         .map_err(backend("compacting"))?;
     tx.prepare_cached("UPDATE meta SET value = max(value, ?1) WHERE name = 'compacted'")
         .and_then(|mut s| s.execute([revision]))
