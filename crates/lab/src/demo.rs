@@ -59,6 +59,10 @@ pub struct DemoArgs {
     /// Seconds to wait for each step before giving up.
     #[arg(long, default_value_t = 90)]
     pub timeout: u64,
+    /// netmod's datastore in the per-task-IP scenes: `etcd` runs the lab on
+    /// an etcd server of its own (see `netmod lab up --store`).
+    #[arg(long)]
+    pub store: Option<String>,
 }
 
 /// The three scenes.
@@ -561,7 +565,10 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
         interrupted()?;
         lab_cmd(&["down"])?;
         println!("\n-- the cluster with netmod");
-        lab_cmd(&["up"])?;
+        match args.store.as_deref() {
+            Some(store) => lab_cmd(&["up", "--store", store])?,
+            None => lab_cmd(&["up"])?,
+        }
         for s in &scenes[1..] {
             interrupted()?;
             let r = play(s, timeout);

@@ -144,6 +144,39 @@ pub fn plan(fabric: &Ipv4Net, agents: u32) -> Result<(Ipv4Addr, Vec<AgentHost>),
     Ok((bridge_ip, hosts))
 }
 
+/// The namespace of the lab's etcd (with `lab up --store etcd`).
+pub const ETCD_NS: &str = "nmlab-etcd";
+
+/// The etcd server's own address on the fabric, below the agents'.
+pub fn etcd_ip(fabric: &Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(fabric.network()) + 5)
+}
+
+/// A namespace on the fabric for a lab service (not an agent host).
+pub fn create_service_host(ns: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), LabError> {
+    let veth = format!(
+        "{PREFIX}s{}",
+        &ns[PREFIX.len()..].chars().take(8).collect::<String>()
+    );
+    ip(&["netns", "add", ns])?;
+    ip(&[
+        "link", "add", &veth, "type", "veth", "peer", "name", HOST_IF, "netns", ns,
+    ])?;
+    ip(&["link", "set", &veth, "master", BRIDGE, "up"])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    ip(&[
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{addr}/{prefix}"),
+        "dev",
+        HOST_IF,
+    ])?;
+    ip(&["-n", ns, "link", "set", HOST_IF, "up"])?;
+    Ok(())
+}
+
 /// Creates the bridge and every agent host namespace.
 pub fn create(cfg: &LabConfig) -> Result<(), LabError> {
     let prefix = cfg.fabric.parse::<Ipv4Net>().expect("checked").prefix_len();

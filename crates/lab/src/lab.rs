@@ -38,7 +38,9 @@ pub struct UpArgs {
     /// Vanilla Mesos: no network isolator, no `netmod node`, host ports only.
     #[arg(long)]
     pub no_isolator: bool,
-    /// Datastore for netmod (default: the lab's own SQLite file, removed by `down`).
+    /// Datastore for netmod: `etcd` starts an etcd server inside the lab (its
+    /// own namespace and address on the fabric) and every host uses only it;
+    /// a path or `etcd://...` uses that store; default: the lab's own SQLite file.
     #[arg(long)]
     pub store: Option<String>,
     /// CPUs each agent offers.
@@ -126,9 +128,19 @@ pub fn up(args: &UpArgs) -> Result<(), LabError> {
         fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
     }
     let star_dir = config::run_dir().join("star");
-    let (store, store_owned) = match &args.store {
-        Some(s) => (s.clone(), false),
-        None => (config::default_store().display().to_string(), true),
+    let etcd_ip = (args.store.as_deref() == Some("etcd")).then(|| fabric::etcd_ip(&fabric_net));
+    if etcd_ip.is_some() && !Path::new(ETCD_BIN).is_file() {
+        return fail(format!(
+            "--store etcd needs {ETCD_BIN} (apt-get install etcd-server)"
+        ));
+    }
+    let (store, store_owned) = match (&args.store, etcd_ip) {
+        (_, Some(ip)) => (
+            format!("etcd://{ip}:{ETCD_PORT}?prefix=/netmod-lab/"),
+            false,
+        ),
+        (Some(s), None) => (s.clone(), false),
+        (None, None) => (config::default_store().display().to_string(), true),
     };
     let cfg = LabConfig {
         run_id: util::random_hex(4),
@@ -147,7 +159,7 @@ pub fn up(args: &UpArgs) -> Result<(), LabError> {
         created_at: unix_now(),
     };
     cfg.save()?;
-    match build(&cfg, &bin_dir) {
+    match build(&cfg, &bin_dir, etcd_ip) {
         Ok(()) => {
             print_summary(&cfg);
             Ok(())
@@ -160,7 +172,60 @@ pub fn up(args: &UpArgs) -> Result<(), LabError> {
     }
 }
 
-fn build(cfg: &LabConfig, bin_dir: &Path) -> Result<(), LabError> {
+/// Debian's etcd server, and where the lab's listens.
+const ETCD_BIN: &str = "/usr/bin/etcd";
+const ETCD_PORT: u16 = 2379;
+
+/// An etcd server in a namespace of its own on the fabric: every host
+/// reaches it over the fabric, nothing is shared through the filesystem.
+fn start_etcd(ip: std::net::Ipv4Addr, prefix: u8) -> Result<(), LabError> {
+    fabric::create_service_host(fabric::ETCD_NS, ip, prefix)?;
+    let data = config::run_dir().join("etcd");
+    let client = format!("http://{ip}:{ETCD_PORT}");
+    let argv: Vec<String> = [
+        "ip",
+        "netns",
+        "exec",
+        fabric::ETCD_NS,
+        ETCD_BIN,
+        "--name",
+        "nmlab",
+        "--data-dir",
+        &data.display().to_string(),
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-cluster",
+        "nmlab=http://127.0.0.1:2380",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    procs::spawn_daemon("etcd", &argv)?;
+    wait_for("etcd", Duration::from_secs(15), || {
+        http::request(
+            "GET",
+            &format!("{client}/health"),
+            None,
+            Duration::from_secs(1),
+        )
+        .is_ok_and(|r| r.status == 200)
+    })
+    .map_err(|e| LabError::new(format!("{e}\n{}", procs::log_tail("etcd", 10))))?;
+    say(format!("etcd: {client} (namespace {})", fabric::ETCD_NS));
+    Ok(())
+}
+
+fn build(
+    cfg: &LabConfig,
+    bin_dir: &Path,
+    etcd_ip: Option<std::net::Ipv4Addr>,
+) -> Result<(), LabError> {
     // The seed's /star directory: the star binaries (linked), and room for
     // the files the demo's apps fetch.
     fs::create_dir_all(&cfg.star_dir).context(|| "cannot create the star directory".into())?;
@@ -188,6 +253,9 @@ fn build(cfg: &LabConfig, bin_dir: &Path) -> Result<(), LabError> {
             "host {}: {} (namespace {}, default route via {})",
             a.name, a.ip, a.name, cfg.bridge_ip
         ));
+    }
+    if let Some(ip) = etcd_ip {
+        start_etcd(ip, prefix(cfg))?;
     }
     if let Some(pool) = &cfg.pool {
         // Before any task runs: pool traffic from the machine goes into the
@@ -486,6 +554,8 @@ pub fn down_quiet() -> Result<Vec<String>, LabError> {
             }
         }
     }
+    // The lab's etcd last: the agents' release and cleanup calls needed it.
+    procs::stop("etcd", "etcd", Duration::from_secs(5));
     for ns in &namespaces {
         procs::kill_all(&procs::netns_pids(ns));
     }

@@ -592,3 +592,36 @@ fn lab_up_refuses_ranges_that_overlap_the_machines_routes() {
     }
     let _ = Path::new("");
 }
+
+/// The lab on etcd: `lab up --store etcd` starts an etcd server in a
+/// namespace of its own on the fabric, every host uses only it, and the
+/// whole demo story passes unchanged; `lab down` leaves nothing.
+#[test]
+fn the_demo_story_on_etcd() {
+    if !requirements(false) || !common_etcd_present() {
+        return;
+    }
+    let _slot = lab_slot();
+    clean_slate();
+    let out = netmod_cmd(&["demo", "--store", "etcd"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "demo on etcd failed:\n{text}");
+    assert!(text.contains("in the store etcd://"), "{text}");
+    assert!(
+        text.contains("All three scenes match the seed's story."),
+        "{text}"
+    );
+    assert!(leftovers(None).is_empty(), "{:?}", leftovers(None));
+}
+
+fn common_etcd_present() -> bool {
+    let ok = Path::new("/usr/bin/etcd").exists();
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!("/usr/bin/etcd is missing (apt-get install etcd-server)");
+    }
+    ok
+}

@@ -104,8 +104,8 @@ fn main() {
                 }
             })
         }),
-        Cmd::Lab { args } => exec_lab("lab", args),
-        Cmd::Demo { args } => exec_lab("demo", args),
+        Cmd::Lab { args } => exec_lab("lab", args, store_flag),
+        Cmd::Demo { args } => exec_lab("demo", args, store_flag),
     };
     if let Err(e) = result {
         eprintln!("netmod: error: {e}");
@@ -119,7 +119,11 @@ fn main() {
 }
 
 /// The lab lives in its own binary, `netmod-lab`, installed beside `netmod`.
-fn exec_lab(word: &str, args: Vec<String>) -> Result<(), CliError> {
+fn exec_lab(word: &str, mut args: Vec<String>, store: Option<&str>) -> Result<(), CliError> {
+    // `--store` is netmod's global flag, so clap took it: hand it on.
+    if let Some(store) = store {
+        args.extend(["--store".to_string(), store.to_string()]);
+    }
     use std::os::unix::process::CommandExt;
     let me = std::env::current_exe().map_err(|e| CliError::Other(e.to_string()))?;
     let lab = me.with_file_name("netmod-lab");
