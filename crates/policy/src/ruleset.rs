@@ -66,16 +66,18 @@ fn base_chains() -> Vec<ChainDef> {
     let ep = HOST_IFACE_PREFIX.to_string();
     let per_family =
         |make: &dyn Fn(Family) -> Rule| Family::BOTH.iter().map(|f| make(*f)).collect::<Vec<_>>();
+    // Packets of established flows leave first: the reverse-path lookup then
+    // runs once per new connection, not once per packet.
     let mut from = vec![
-        rule(
-            vec![Match::SourceNotRoutedViaIif],
-            Verdict::Drop,
-            "anti-spoofing: an endpoint sends only from its own addresses",
-        ),
         rule(
             vec![Match::CtEstablishedOrRelated],
             Verdict::Accept,
             "replies of allowed connections",
+        ),
+        rule(
+            vec![Match::SourceNotRoutedViaIif],
+            Verdict::Drop,
+            "anti-spoofing: an endpoint sends only from its own addresses",
         ),
     ];
     from.extend(per_family(&|f| {
