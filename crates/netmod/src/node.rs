@@ -42,6 +42,8 @@ pub struct NodeArgs {
 #[derive(Default)]
 struct Metrics {
     ready: AtomicBool,
+    /// The heartbeat reaches the datastore (it knows first when it does not).
+    datastore_down: AtomicBool,
     endpoints: AtomicU64,
     sets: AtomicU64,
     elements: AtomicU64,
@@ -69,6 +71,12 @@ impl Metrics {
             g("applies_total", "Dataplane updates applied.", "counter", self.applies.load(Ordering::Relaxed)),
             g("apply_errors_total", "Dataplane updates that failed.", "counter", self.apply_errors.load(Ordering::Relaxed)),
             g("resyncs_total", "Full resyncs.", "counter", self.resyncs.load(Ordering::Relaxed)),
+            g(
+                "datastore_up",
+                "1 while the heartbeat reaches the datastore.",
+                "gauge",
+                u64::from(!self.datastore_down.load(Ordering::Relaxed)),
+            ),
         ]
         .concat()
     }
@@ -93,7 +101,7 @@ pub fn run(store_flag: Option<&str>, args: NodeArgs) -> Result<(), CliError> {
         ipv6: None,
     };
     let lease_ttl = Duration::from_secs(args.lease_ttl.max(2));
-    spawn_heartbeat(store.clone(), host, lease_ttl);
+    spawn_heartbeat(store.clone(), host, lease_ttl, metrics.clone());
 
     let mut node = Node {
         hostname,
@@ -367,7 +375,7 @@ fn dp_err(e: dp::Error) -> CliError {
 
 /// Keep the host record alive; re-register if the lease was lost (e.g. after
 /// the datastore was unreachable for longer than the TTL).
-fn spawn_heartbeat(store: Arc<dyn Store>, host: Host, ttl: Duration) {
+fn spawn_heartbeat(store: Arc<dyn Store>, host: Host, ttl: Duration, metrics: Arc<Metrics>) {
     std::thread::spawn(move || {
         let mut lease = None;
         loop {
@@ -382,6 +390,14 @@ fn spawn_heartbeat(store: Arc<dyn Store>, host: Host, ttl: Duration) {
                     .map_err(|e| log(format!("cannot register host {}: {e}", host.name)))
                     .ok();
             }
+            let down = lease.is_none();
+            if metrics.datastore_down.swap(down, Ordering::Relaxed) != down {
+                log(if down {
+                    "datastore unreachable: the dataplane stays as it is; new work is refused"
+                } else {
+                    "datastore reachable again"
+                });
+            }
             std::thread::sleep(ttl / 3);
         }
     });
@@ -393,8 +409,15 @@ fn serve_metrics(addr: &str, metrics: Arc<Metrics>) -> Result<(), CliError> {
     std::thread::spawn(move || {
         for req in server.incoming_requests() {
             let (code, body) = match req.url() {
-                "/healthz" if metrics.ready.load(Ordering::Relaxed) => (200, "ok\n".to_string()),
-                "/healthz" => (503, "starting: first resync not done\n".to_string()),
+                "/healthz" if !metrics.ready.load(Ordering::Relaxed) => {
+                    (503, "starting: first resync not done\n".to_string())
+                }
+                "/healthz" if metrics.datastore_down.load(Ordering::Relaxed) => (
+                    503,
+                    "datastore unreachable: dataplane kept as it is, changes not followed\n"
+                        .to_string(),
+                ),
+                "/healthz" => (200, "ok\n".to_string()),
                 "/metrics" => (200, metrics.render()),
                 _ => (404, "not found\n".to_string()),
             };

@@ -470,7 +470,9 @@ fn a_host_cut_off_from_etcd_keeps_its_dataplane_refuses_work_and_converges() {
         assert!(f.connects("a", "a2", 0.5), "a -> a2 while cut off");
         assert!(f.connects("h1", "a", 0.5), "h1 -> a while cut off");
         assert!(!f.connects("c", "a", 0.5), "isolation holds while cut off");
-        if f.metric("h1", "netmod_apply_errors_total").unwrap() > errors {
+        if f.metric("h1", "netmod_datastore_up") == Some(0.0)
+            || f.metric("h1", "netmod_apply_errors_total").unwrap() > errors
+        {
             break cut.elapsed();
         }
         assert!(
@@ -480,6 +482,20 @@ fn a_host_cut_off_from_etcd_keeps_its_dataplane_refuses_work_and_converges() {
         );
     };
     eprintln!("h1's node noticed the partition after {noticed:?}");
+    // Its heartbeat tells within a lease period: 1 s beats, 3 s request timeout.
+    assert!(
+        noticed < Duration::from_secs(8),
+        "noticed only after {noticed:?}"
+    );
+    let health = sh(&format!(
+        "ip netns exec {} curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:9190/healthz",
+        f.host("h1").ns
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&health.stdout),
+        "503",
+        "/healthz while cut off"
+    );
     // Its kernel state (interfaces, routes to h2, set members) is as it was.
     assert_eq!(
         f.kernel_state("h1"),
