@@ -227,7 +227,11 @@ impl<'a> Ipam<'a> {
             .store
             .txn(&[Compare::absent(&key)], &[Op::put(&key, encode(&pool))])?;
         if !out.succeeded {
-            return Err(IpamError::PoolOverlap(cidr, cidr));
+            // Added concurrently: the same pool is fine, another is not.
+            return match self.store.get(&key)? {
+                Some(kv) if decode::<Pool>(&kv)? == pool => Ok(pool),
+                _ => Err(IpamError::PoolOverlap(cidr, cidr)),
+            };
         }
         Ok(pool)
     }

@@ -10,8 +10,10 @@ use std::net::IpAddr;
 /// The netgroup every endpoint may reach and be reached from.
 pub const PUBLIC_NETGROUP: &str = "public";
 
-/// Prefix of every host-side interface netmod creates (`nm` + 11 hex chars of a hash).
-pub const HOST_IFACE_PREFIX: &str = "nm";
+/// Prefix of every host-side interface netmod creates (`nmv` + 11 hex chars
+/// of a hash). Specific enough that the policy's `iifname "nmv*"` match never
+/// takes in someone else's interface (NetworkManager's are `nm-…`).
+pub const HOST_IFACE_PREFIX: &str = "nmv";
 
 /// Route protocol number on every route netmod installs, so a restart can find its own.
 pub const ROUTE_PROTOCOL: u8 = 0x6e; // 110, 'n'

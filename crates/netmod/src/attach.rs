@@ -180,8 +180,9 @@ fn add_local_policy(registry: &Registry, ep: &Endpoint) -> Result<(), String> {
         let endpoints = registry.endpoints().map_err(|e| e.to_string())?;
         let ruleset = netmod_policy::ruleset(&ep.host, &endpoints);
         match dp::nft_replace_all(&ruleset) {
-            Ok(()) => return Ok(()),
-            // Someone else installed it meanwhile: fall through to the increment.
+            // Then the increment below all the same: another first attach
+            // may have replaced the table from a snapshot without us.
+            Ok(()) => {}
             Err(_) if dp::nft_table_exists().unwrap_or(false) => {}
             Err(e) => return Err(e.to_string()),
         }
@@ -189,22 +190,32 @@ fn add_local_policy(registry: &Registry, ep: &Endpoint) -> Result<(), String> {
     for attempt in 0..3 {
         let mut changes = Vec::new();
         for g in ep.netgroups.iter().filter(|g| *g != PUBLIC_NETGROUP) {
+            // Every member, wherever it runs: a set that exists may have been
+            // emptied when the group's last local member left.
+            let members = registry.group_members(g).map_err(|e| e.to_string())?;
             for f in Family::BOTH {
                 let set = group_set_name(g, f);
+                let elements: Vec<IpAddr> = members
+                    .iter()
+                    .copied()
+                    .chain(ep.addrs())
+                    .filter(|a| Family::of(a) == f)
+                    .collect();
                 if !dp::nft_set_exists(&set).map_err(|e| e.to_string())? {
-                    let members = registry.group_members(g).map_err(|e| e.to_string())?;
                     changes.push(Change::CreateSet(netmod_model::nft::SetDef {
                         name: set,
                         family: f,
-                        elements: members
-                            .into_iter()
-                            .chain(ep.addrs())
-                            .filter(|a| Family::of(a) == f)
-                            .collect(),
+                        elements: elements.into_iter().collect(),
                     }));
                     changes.push(Change::AppendRule {
                         chain: CHAIN_NETGROUPS.into(),
                         rule: group_rule(g, f),
+                    });
+                } else if !elements.is_empty() {
+                    changes.push(Change::AddElements {
+                        set,
+                        family: f,
+                        elements,
                     });
                 }
             }

@@ -158,6 +158,9 @@ impl Node {
     /// Read everything, compare with the kernel, fix what differs.
     fn resync(&mut self) -> Result<(), CliError> {
         let started = Instant::now();
+        // Links before records: attach records an endpoint before it plugs
+        // the interface, so every link listed here has its record below.
+        let links = dp::list_links_with_prefix(HOST_IFACE_PREFIX).map_err(dp_err)?;
         let (kvs, rev) = self.store.range(ENDPOINTS)?;
         self.endpoints = kvs
             .iter()
@@ -168,7 +171,7 @@ impl Node {
         self.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
         // Interfaces with our prefix and no endpoint are leftovers of a crash.
         let mine: BTreeSet<String> = self.local().map(|e| e.iface.clone()).collect();
-        for link in dp::list_links_with_prefix(HOST_IFACE_PREFIX).map_err(dp_err)? {
+        for link in links {
             if is_host_iface_name(&link.name) && !mine.contains(&link.name) {
                 log(format!("removing leftover interface {}", link.name));
                 dp::unplug(&link.name).map_err(dp_err)?;
@@ -316,7 +319,15 @@ impl Node {
             }
             let blocks = ipam.host_blocks(name)?;
             for b in &blocks {
-                want.insert(*b, host.ip);
+                // A block is routed through the host's address of its own family.
+                let via = match b {
+                    IpNet::V4(_) if host.ip.is_ipv4() => Some(host.ip),
+                    IpNet::V6(_) => host.ipv6.or(Some(host.ip).filter(IpAddr::is_ipv6)),
+                    _ => None,
+                };
+                if let Some(via) = via {
+                    want.insert(*b, via);
+                }
             }
             blocks_of.insert(name, blocks);
         }

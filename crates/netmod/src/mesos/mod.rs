@@ -70,8 +70,12 @@ fn execute(store_flag: Option<&str>, req: Request) -> Result<Value, String> {
             Ok(json!({}))
         }
         Request::Release(Release::Uid(uid)) => {
-            ipam.release_handle(&uid).map_err(|e| e.to_string())?;
-            Ok(json!({}))
+            // The module's release and cleanup may come in either order, and
+            // cleanup releases too: a handle already gone is not an error.
+            match ipam.release_handle(&uid) {
+                Ok(_) | Err(netmod_ipam::IpamError::UnknownHandle(_)) => Ok(json!({})),
+                Err(e) => Err(e.to_string()),
+            }
         }
         Request::Release(Release::Ips(ips)) => {
             ipam.release_addrs(&ips).map_err(|e| e.to_string())?;
@@ -84,6 +88,17 @@ fn execute(store_flag: Option<&str>, req: Request) -> Result<Value, String> {
                 .map(|a| IpAddr::V4(*a))
                 .chain(i.ipv6.iter().map(|a| IpAddr::V6(*a)))
                 .collect();
+            // Only pool addresses get a /32 on the host: anything else (a
+            // typo, the host's own gateway) could take over a host route.
+            let pools = ipam.pools().map_err(|e| e.to_string())?;
+            if let Some(a) = addrs
+                .iter()
+                .find(|a| !pools.iter().any(|p| p.cidr.contains(*a)))
+            {
+                return Err(format!(
+                    "address {a} is outside every pool; allocate or reserve it first"
+                ));
+            }
             let handle = match addrs.first() {
                 Some(a) => ipam.holder(a).map_err(|e| e.to_string())?,
                 None => None,
