@@ -108,19 +108,24 @@ impl TestNs {
             .then(|| serde_json::from_slice(&out.stdout).expect("nft -j output"))
     }
 
-    /// A link that drops what it is sent: `dummy`, or `ifb` on kernels
-    /// built without the dummy driver. Left up.
+    /// A link that leads nowhere: `dummy`, or on kernels built without the
+    /// dummy driver a veth whose peer (`x<name>`) stays in the same
+    /// namespace. (Not `ifb`: loading that module creates ifb0 and ifb1 in
+    /// the machine's own namespace.) Left up.
     pub fn add_dummy(&self, name: &str) {
-        let mut full = vec!["ip", "-n", &self.name, "link", "add", name, "type", "dummy"];
+        let dummy = ["-n", &self.name, "link", "add", name, "type", "dummy"];
         if !Command::new("ip")
-            .args(&full[1..])
+            .args(dummy)
             .output()
             .unwrap()
             .status
             .success()
         {
-            full[7] = "ifb";
-            run(&full);
+            let peer = format!("x{name}");
+            run(&[
+                "ip", "-n", &self.name, "link", "add", name, "type", "veth", "peer", "name", &peer,
+            ]);
+            self.ip(&["link", "set", &peer, "up"]);
         }
         self.ip(&["link", "set", name, "up"]);
     }
