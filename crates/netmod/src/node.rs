@@ -178,7 +178,14 @@ impl Node {
             }
         }
         let desired = self.desired();
-        let actual = self.actual(&desired)?;
+        // The first resync after start installs the whole table: sets of
+        // netgroups that left this host while no node ran would otherwise
+        // linger with stale members. (Atomic; established flows keep going.)
+        let actual = if self.applied.is_none() {
+            None
+        } else {
+            self.actual(&desired)?
+        };
         match actual {
             Some(actual) => {
                 let changes = netmod_policy::diff(&actual, &desired);
