@@ -388,6 +388,16 @@ impl<'a> Ipam<'a> {
         })
     }
 
+    /// Whether an address lies in some pool (from the pool list this
+    /// `Ipam` already read, so calling it before `holder` costs no extra read).
+    pub fn in_pool(&self, addr: &IpAddr) -> Result<bool> {
+        Ok(self
+            .pool_snapshot()?
+            .pools
+            .iter()
+            .any(|p| p.cidr.contains(addr)))
+    }
+
     /// The handle holding an address, if any.
     pub fn holder(&self, addr: &IpAddr) -> Result<Option<String>> {
         let snap = self.pool_snapshot()?;

@@ -170,43 +170,44 @@ pub fn run(
             .collect();
         netmod_policy::ruleset(host, &live)
     };
-    let mut hops = Vec::new();
     let (saddr, daddr) = (from.addr(), to.addr());
+    // A packet through one host's forward hook, judged by that host's rules.
+    let forward = |host: &str, iif: String, oif: String| Hop {
+        host: host.to_string(),
+        hook: "forward".into(),
+        decision: explain(
+            &ruleset_of(host),
+            &Packet {
+                iif,
+                oif,
+                saddr,
+                daddr,
+            },
+        ),
+    };
+    // Traffic between a host and its own endpoints is never filtered.
+    let own_host = |host: &str, hook: &str, reason: &str| Hop {
+        host: host.to_string(),
+        hook: hook.into(),
+        decision: netmod_policy::Decision {
+            accepted: true,
+            chain: "-".into(),
+            rule: None,
+            reason: format!("host profile default_{host}: {reason}"),
+        },
+    };
+    let mut hops = Vec::new();
     match (&from, &to) {
         (Party::Host { .. }, Party::Host { .. }) => {
             return Err(CliError::Other(
                 "both ends are hosts: netmod does not filter host-to-host traffic".into(),
             ))
         }
-        (_, Party::Endpoint { host, .. })
-            if from.host() == host && matches!(from, Party::Host { .. }) =>
-        {
-            hops.push(Hop {
-                host: host.clone(),
-                hook: "output".into(),
-                decision: netmod_policy::Decision {
-                    accepted: true,
-                    chain: "-".into(),
-                    rule: None,
-                    reason: format!(
-                        "host profile default_{host}: a host reaches its own endpoints"
-                    ),
-                },
-            });
+        (Party::Host { host: fh, .. }, Party::Endpoint { host, .. }) if fh == host => {
+            hops.push(own_host(host, "output", "a host reaches its own endpoints"));
         }
         (Party::Endpoint { host, .. }, Party::Host { host: th, .. }) if host == th => {
-            hops.push(Hop {
-                host: host.clone(),
-                hook: "input".into(),
-                decision: netmod_policy::Decision {
-                    accepted: true,
-                    chain: "-".into(),
-                    rule: None,
-                    reason: format!(
-                        "host profile default_{host}: an endpoint reaches its own host"
-                    ),
-                },
-            });
+            hops.push(own_host(host, "input", "an endpoint reaches its own host"));
         }
         _ => {
             let same_host = from.host() == to.host();
@@ -215,31 +216,11 @@ pub fn run(
                     Party::Endpoint { iface: t, .. } if same_host => t.clone(),
                     _ => UPLINK.into(),
                 };
-                let pkt = Packet {
-                    iif: iface.clone(),
-                    oif,
-                    saddr,
-                    daddr,
-                };
-                hops.push(Hop {
-                    host: host.clone(),
-                    hook: "forward".into(),
-                    decision: explain(&ruleset_of(host), &pkt),
-                });
+                hops.push(forward(host, iface.clone(), oif));
             }
             if let Party::Endpoint { host, iface, .. } = &to {
                 if !same_host || matches!(from, Party::Host { .. }) {
-                    let pkt = Packet {
-                        iif: UPLINK.into(),
-                        oif: iface.clone(),
-                        saddr,
-                        daddr,
-                    };
-                    hops.push(Hop {
-                        host: host.clone(),
-                        hook: "forward".into(),
-                        decision: explain(&ruleset_of(host), &pkt),
-                    });
+                    hops.push(forward(host, UPLINK.into(), iface.clone()));
                 }
             }
         }

@@ -167,7 +167,7 @@ impl Node {
             .map(|kv| netmod_store::decode(kv).map(|e| (kv.key.clone(), e)))
             .collect::<Result<_, _>>()?;
         self.hosts = Registry::new(&*self.store).hosts()?;
-        self.revision = rev.max(self.store.revision()?.min(rev));
+        self.revision = rev;
         self.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
         // Interfaces with our prefix and no endpoint are leftovers of a crash.
         let mine: BTreeSet<String> = self.local().map(|e| e.iface.clone()).collect();

@@ -90,14 +90,12 @@ fn execute(store_flag: Option<&str>, req: Request) -> Result<Value, String> {
                 .collect();
             // Only pool addresses get a /32 on the host: anything else (a
             // typo, the host's own gateway) could take over a host route.
-            let pools = ipam.pools().map_err(|e| e.to_string())?;
-            if let Some(a) = addrs
-                .iter()
-                .find(|a| !pools.iter().any(|p| p.cidr.contains(*a)))
-            {
-                return Err(format!(
-                    "address {a} is outside every pool; allocate or reserve it first"
-                ));
+            for a in &addrs {
+                if !ipam.in_pool(a).map_err(|e| e.to_string())? {
+                    return Err(format!(
+                        "address {a} is outside every pool; allocate or reserve it first"
+                    ));
+                }
             }
             let handle = match addrs.first() {
                 Some(a) => ipam.holder(a).map_err(|e| e.to_string())?,
