@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
   pkg-config libnftnl-dev libmnl-dev nftables iproute2 iputils-ping procps psmisc
+  util-linux systemd python3 conntrack
   sqlite3 curl jq
   containernetworking-plugins iperf3 busybox-static
   podman runc
@@ -29,6 +30,12 @@ if ! command -v cargo >/dev/null; then
   [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found (install Rust with rustup)" >&2; exit 1; }
+
+# The Debian package is built with cargo-deb (scripts/package.sh).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-deb"
+  cargo install cargo-deb --locked --quiet
+fi
 
 # Our own (debug) binaries are what the tests run; release ones serve the demo and benches.
 cargo build --workspace --release --quiet

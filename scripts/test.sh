@@ -13,32 +13,56 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 # One etcd for the whole run (store and IPAM tests on etcd use it through
 # NETMOD_TEST_ETCD): loopback, ports of its own, a throw-away data directory.
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 10000))
-    ss -Htln "sport = :$p" | grep -q . || { echo "$p"; return; }
-  done
-}
+# A port picked as free can be taken before etcd binds it: then etcd exits
+# with "address already in use" and we try other ports. Ready means etcd's
+# own log says it serves on our port, never merely that something answers.
 etcd_dir=$(mktemp -d -p "$([ -d /dev/shm ] && echo /dev/shm || echo /tmp)" netmod-test-etcd.XXXXXX)
-etcd_port=$(free_port)
-etcd_peer=$(free_port)
-while [ "$etcd_peer" = "$etcd_port" ]; do etcd_peer=$(free_port); done
-/usr/bin/etcd --name=default --data-dir="$etcd_dir/data" \
-  --listen-client-urls="http://127.0.0.1:$etcd_port" --advertise-client-urls="http://127.0.0.1:$etcd_port" \
-  --listen-peer-urls="http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer" \
-  --initial-cluster="default=http://127.0.0.1:$etcd_peer" >"$etcd_dir/etcd.log" 2>&1 &
-etcd_pid=$!
-trap 'kill "$etcd_pid" 2>/dev/null || true; wait "$etcd_pid" 2>/dev/null || true; rm -rf "$etcd_dir"' EXIT
-for _ in $(seq 100); do
-  ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$etcd_port" --dial-timeout=1s endpoint health >/dev/null 2>&1 && break
-  kill -0 "$etcd_pid" 2>/dev/null || { tail -5 "$etcd_dir/etcd.log" >&2; echo "test: etcd did not start" >&2; exit 1; }
-  sleep 0.2
+etcd_pid=
+trap '[ -n "$etcd_pid" ] && { kill "$etcd_pid" 2>/dev/null || true; wait "$etcd_pid" 2>/dev/null || true; }; rm -rf "$etcd_dir"' EXIT
+start_etcd() {
+  local ports client peer
+  ports=$(python3 -c 'import socket
+s=[socket.socket() for _ in range(2)]
+[x.bind(("127.0.0.1", 0)) for x in s]
+print(*[x.getsockname()[1] for x in s])')
+  read -r client peer <<<"$ports"
+  rm -rf "$etcd_dir/data"
+  /usr/bin/etcd --name=default --data-dir="$etcd_dir/data" \
+    --listen-client-urls="http://127.0.0.1:$client" --advertise-client-urls="http://127.0.0.1:$client" \
+    --listen-peer-urls="http://127.0.0.1:$peer" --initial-advertise-peer-urls="http://127.0.0.1:$peer" \
+    --initial-cluster="default=http://127.0.0.1:$peer" >"$etcd_dir/etcd.log" 2>&1 &
+  etcd_pid=$!
+  for _ in $(seq 200); do
+    if ! kill -0 "$etcd_pid" 2>/dev/null; then
+      wait "$etcd_pid" 2>/dev/null || true
+      etcd_pid=
+      grep -q "address already in use" "$etcd_dir/etcd.log" && return 2
+      tail -5 "$etcd_dir/etcd.log" >&2
+      return 1
+    fi
+    if grep -q "client requests on 127.0.0.1:$client" "$etcd_dir/etcd.log"; then
+      etcd_port=$client
+      return 0
+    fi
+    sleep 0.1
+  done
+  tail -5 "$etcd_dir/etcd.log" >&2
+  return 1
+}
+etcd_port=
+for attempt in 1 2 3 4 5 6 7 8; do
+  rc=0
+  start_etcd || rc=$?
+  [ "$rc" = 0 ] && break
+  [ "$rc" = 2 ] || { echo "test: etcd did not start" >&2; exit 1; }
+  echo "test: an etcd port was taken (attempt $attempt), trying others"
 done
-ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$etcd_port" --dial-timeout=1s endpoint health >/dev/null 2>&1 \
-  || { tail -5 "$etcd_dir/etcd.log" >&2; echo "test: etcd not healthy" >&2; exit 1; }
+[ -n "$etcd_port" ] || { echo "test: etcd did not start" >&2; exit 1; }
 export NETMOD_TEST_ETCD="127.0.0.1:$etcd_port"
 echo "== etcd for tests at $NETMOD_TEST_ETCD"
+
+echo "== the Debian package"
+bash scripts/package.sh
 
 echo "== cargo test"
 # Namespace-heavy tests share one machine: keep parallelism modest.

@@ -3,15 +3,12 @@
 //! Thin entry point: parse arguments, run one subcommand, and turn any error
 //! into the caller's format and a non-zero exit status in one place.
 
-mod attach;
-mod bench;
 mod cni;
-mod explain;
 mod mesos;
 mod node;
 mod ops;
 mod output;
-mod registry;
+mod show;
 
 use clap::{Parser, Subcommand};
 use output::Format;
@@ -19,14 +16,20 @@ use output::Format;
 #[derive(Parser)]
 #[command(
     name = "netmod",
-    version,
-    about = "IP-per-container networking with netgroup isolation"
+    version = VERSION,
+    about = "IP-per-container networking with netgroup isolation",
+    after_help = "CNI plugin mode: when CNI_COMMAND is set in the environment, netmod is a CNI 1.1 \
+plugin (ADD, DEL, CHECK, STATUS, VERSION, GC): it reads the network configuration on stdin and \
+answers in the configuration's cniVersion. Install it, or a link to it, as `netmod` in the \
+runtime's CNI plugin directory (usually /opt/cni/bin; the Debian package installs \
+/opt/cni/bin/netmod) and name `\"type\": \"netmod\"` in the network configuration.\n\n\
+The net-modules door for Mesos 0.26-0.28 is `netmod mesos` (see `netmod mesos --help`)."
 )]
 struct Cli {
-    /// Datastore: a SQLite file path or etcd://HOST:PORT[,HOST:PORT] (default: $NETMOD_STORE or /var/lib/netmod/netmod.db).
-    #[arg(long, global = true)]
+    /// Datastore: a SQLite file path, or etcd://HOST:PORT[,HOST:PORT][?prefix=P&ca=F&cert=F&key=F] (default: $NETMOD_STORE, else /var/lib/netmod/netmod.db).
+    #[arg(long, global = true, value_name = "PATH|URL")]
     store: Option<String>,
-    /// Output format.
+    /// Output format: a table for people, JSON for scripts.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
     #[command(subcommand)]
@@ -35,7 +38,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// The net-modules plugin: one JSON request on stdin, one JSON reply on stdout.
+    /// The net-modules door (Mesos 0.26-0.28): one JSON request on stdin, one JSON reply on stdout.
+    #[command(long_about = MESOS_HELP)]
     Mesos,
     /// Manage address pools.
     #[command(subcommand)]
@@ -47,29 +51,74 @@ enum Cmd {
     Node(node::NodeArgs),
     /// List the endpoints plugged in on every host.
     Endpoints,
-    /// Say whether FROM may reach TO, and which rule decides (endpoints by container id, address or task name; hosts by name or address).
+    /// Say whether FROM may reach TO, and which rule decides. Exit status: 0 allowed, 3 dropped, 1 error.
+    #[command(
+        after_help = "Exit status: 0 when the packet is allowed, 3 when it is dropped, 1 on an error \
+(an unknown endpoint, an unreachable datastore)."
+    )]
     Explain {
+        /// Where the packet comes from: a container id, an address, a task name, or a host's name or address.
         from: String,
+        /// Where the packet goes: a container id, an address, a task name, or a host's name or address.
         to: String,
-        /// e.g. 9000/tcp
-        #[arg(long)]
+        /// The destination port and protocol, e.g. 9000/tcp.
+        #[arg(long, value_name = "PORT/PROTO")]
         port: Option<String>,
     },
-    /// Measure netmod against its baselines and write bench/results/*.md.
-    Bench(bench::BenchArgs),
+    /// Measure netmod against its baselines (runs `netmod-bench`, installed beside netmod).
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Arguments for netmod-bench (`netmod bench --help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The local lab: Mesos + Marathon + Mesos-DNS stand-ins in network namespaces (`netmod lab --help`).
     #[command(disable_help_flag = true)]
     Lab {
+        /// Arguments for `netmod-lab lab` (`netmod lab --help` lists them).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// The seed's demo story, unattended: before, per-task IPs, isolated (`netmod demo --help`).
     #[command(disable_help_flag = true)]
     Demo {
+        /// Arguments for `netmod-lab demo` (`netmod demo --help` lists them).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }
+
+/// The version and the git commit it was built from (see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("NETMOD_GIT_COMMIT"),
+    ")"
+);
+
+const MESOS_HELP: &str = "The net-modules door, for Mesos 0.26-0.28's network isolator module \
+(com_mesosphere_mesos_NetworkIsolator): point both its ipam_command and isolator_command at \
+`/usr/bin/netmod mesos`.
+
+Wire format: one JSON object on stdin,
+  {\"command\": \"<command>\", \"args\": {...}}
+and one JSON object on stdout: the command's fields and \"error\": null with exit status 0, or
+  {\"error\": \"<one clear sentence>\"}
+with exit status 1; a failed request changes nothing.
+
+Commands:
+  allocate   args: hostname, uid, num_ipv4, num_ipv6, [netgroups], [labels]
+             reply: {\"ipv4\": [...], \"ipv6\": [...]}; the label ipv4_addrs names static addresses
+  reserve    args: hostname, uid, ipv4_addrs and/or ipv6_addrs, [netgroups], [labels]
+             reserves exactly those addresses, all or none
+  release    args: exactly one of uid (everything that handle holds) or ips (these addresses)
+  isolate    args: hostname, container_id, pid, ipv4_addrs/ipv6_addrs, [netgroups], [labels]
+             plugs eth0 into /proc/<pid>/ns/net and applies the netgroups' policy before replying
+  cleanup    args: hostname, container_id
+             removes the interface, routes, policy entries and record; quiet when nothing is left
+
+labels may be a list of {\"key\", \"value\"} objects or a plain object.
+The datastore is --store, else $NETMOD_STORE, else /var/lib/netmod/netmod.db.";
 
 /// An error for a human: one clear sentence, exit status 1.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +127,10 @@ pub enum CliError {
     Store(#[from] netmod_store::StoreError),
     #[error(transparent)]
     Ipam(#[from] netmod_ipam::IpamError),
+    #[error(transparent)]
+    Core(#[from] netmod_core::CoreError),
+    #[error(transparent)]
+    Registry(#[from] netmod_core::registry::RegistryError),
     #[error("{0}")]
     Other(String),
 }
@@ -93,19 +146,19 @@ fn main() {
         Cmd::Mesos => std::process::exit(mesos::main(store_flag)),
         Cmd::Pool(cmd) => open(store_flag).and_then(|s| ops::pool(&*s, cmd, cli.output)),
         Cmd::Ipam(cmd) => open(store_flag).and_then(|s| ops::ipam(&*s, cmd, cli.output)),
-        Cmd::Bench(args) => bench::run(args),
+        Cmd::Bench { args } => exec_sibling("netmod-bench", None, args, store_flag),
         Cmd::Node(args) => node::run(store_flag, args),
-        Cmd::Endpoints => open(store_flag).and_then(|s| explain::endpoints(&*s, cli.output)),
+        Cmd::Endpoints => open(store_flag).and_then(|s| show::endpoints(&*s, cli.output)),
         Cmd::Explain { from, to, port } => open(store_flag).and_then(|s| {
             // Exit status 0 when allowed, 3 when dropped: scripts can branch on it.
-            explain::run(&*s, &from, &to, port, cli.output).map(|allowed| {
+            show::explain(&*s, &from, &to, port, cli.output).map(|allowed| {
                 if !allowed {
                     std::process::exit(3)
                 }
             })
         }),
-        Cmd::Lab { args } => exec_lab("lab", args, store_flag),
-        Cmd::Demo { args } => exec_lab("demo", args, store_flag),
+        Cmd::Lab { args } => exec_sibling("netmod-lab", Some("lab"), args, store_flag),
+        Cmd::Demo { args } => exec_sibling("netmod-lab", Some("demo"), args, store_flag),
     };
     if let Err(e) = result {
         eprintln!("netmod: error: {e}");
@@ -118,22 +171,109 @@ fn main() {
     }
 }
 
-/// The lab lives in its own binary, `netmod-lab`, installed beside `netmod`.
-fn exec_lab(word: &str, mut args: Vec<String>, store: Option<&str>) -> Result<(), CliError> {
+/// The lab and the benchmarks live in binaries of their own, installed beside
+/// `netmod`, so the product binary carries neither.
+fn exec_sibling(
+    binary: &str,
+    word: Option<&str>,
+    mut args: Vec<String>,
+    store: Option<&str>,
+) -> Result<(), CliError> {
     // `--store` is netmod's global flag, so clap took it: hand it on.
     if let Some(store) = store {
         args.extend(["--store".to_string(), store.to_string()]);
     }
     use std::os::unix::process::CommandExt;
     let me = std::env::current_exe().map_err(|e| CliError::Other(e.to_string()))?;
-    let lab = me.with_file_name("netmod-lab");
-    let err = std::process::Command::new(&lab).arg(word).args(args).exec();
+    let sibling = me.with_file_name(binary);
+    let err = std::process::Command::new(&sibling)
+        .args(word)
+        .args(args)
+        .exec();
     Err(CliError::Other(format!(
-        "cannot run {}: {err} (build it with `cargo build -p netmod-lab`)",
-        lab.display()
+        "cannot run {}: {err} (build it with `cargo build -p {binary}`)",
+        sibling.display()
     )))
 }
 
 fn open(flag: Option<&str>) -> Result<Box<dyn netmod_store::Store>, CliError> {
     Ok(netmod_store::open(&netmod_store::store_address(flag))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every subcommand says what it is for.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && cmd.get_long_about().is_none() {
+                missing.push(format!("{path} (the command itself)"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &path, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
+    }
+
+    #[test]
+    fn the_mesos_help_lists_the_five_commands_and_the_wire_format() {
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("mesos")
+            .expect("mesos")
+            .render_long_help()
+            .to_string();
+        for word in [
+            "allocate",
+            "reserve",
+            "release",
+            "isolate",
+            "cleanup",
+            "stdin",
+            "stdout",
+            "\"error\"",
+        ] {
+            assert!(help.contains(word), "{word} missing from:\n{help}");
+        }
+    }
+
+    #[test]
+    fn the_top_level_help_names_cni_mode_and_the_plugin_directory() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(
+            help.contains("CNI_COMMAND") && help.contains("/opt/cni/bin"),
+            "{help}"
+        );
+        let explain = Cli::command()
+            .find_subcommand_mut("explain")
+            .expect("explain")
+            .render_long_help()
+            .to_string();
+        assert!(
+            explain.contains("0 when the packet is allowed, 3 when it is dropped, 1 on an error")
+        );
+    }
+
+    #[test]
+    fn the_version_names_the_git_commit() {
+        assert!(super::VERSION.contains("git"), "{}", super::VERSION);
+    }
 }

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 pub enum PoolCmd {
     /// Add an address pool.
     Add {
+        /// The pool's range, e.g. 192.168.0.0/16 or fd00:10::/48.
         cidr: IpNet,
         /// Prefix length of the blocks hosts claim (default /26 for IPv4, /122 for IPv6).
         #[arg(long)]
@@ -23,7 +24,9 @@ pub enum PoolCmd {
     List,
     /// Remove a pool (refused while it has live allocations, unless --force).
     Rm {
+        /// The pool's range, exactly as it was added.
         cidr: IpNet,
+        /// Remove it even with live allocations (they are dropped with it).
         #[arg(long)]
         force: bool,
     },
@@ -33,10 +36,12 @@ pub enum PoolCmd {
 pub enum IpamCmd {
     /// Used, free and quarantined addresses per pool, block and host.
     Show,
-    /// Release addresses by handle or by address.
+    /// Release addresses by handle or by address ("nothing was held" is not an error either way).
     Release {
+        /// The allocation handle: the Mesos uid or the CNI container id.
         #[arg(long, conflicts_with = "ip", required_unless_present = "ip")]
         handle: Option<String>,
+        /// An address to release, whoever holds it (repeatable).
         #[arg(long)]
         ip: Vec<IpAddr>,
     },
@@ -157,7 +162,11 @@ pub fn ipam(store: &dyn Store, cmd: IpamCmd, fmt: Format) -> Result<(), CliError
         }
         IpamCmd::Release { handle, ip } => {
             let released: Vec<IpAddr> = match handle {
-                Some(h) => ipam.release_handle(&h)?,
+                // As with --ip: a handle that holds nothing releases nothing.
+                Some(h) => match ipam.release_handle(&h) {
+                    Err(netmod_ipam::IpamError::UnknownHandle(_)) => Vec::new(),
+                    other => other?,
+                },
                 None => ipam
                     .release_addrs(&ip)?
                     .into_iter()

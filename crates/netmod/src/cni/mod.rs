@@ -5,9 +5,9 @@
 mod config;
 mod result;
 
-use crate::attach::{attach, detach, AttachRequest};
-use crate::registry::Registry;
 use config::{Env, NetConf};
+use netmod_core::attach::{attach, detach, AttachRequest};
+use netmod_core::registry::Registry;
 use netmod_ipam::{AllocRequest, Ipam, IpamError};
 use netmod_model::{AllocAttrs, Endpoint};
 use netmod_store::Store;
@@ -256,7 +256,7 @@ impl Ctx<'_> {
                 self.host
             )));
         };
-        let problems = crate::attach::verify(&ep);
+        let problems = netmod_core::attach::verify(&ep);
         if problems.is_empty() {
             return Ok(());
         }

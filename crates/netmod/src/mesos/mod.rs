@@ -3,7 +3,7 @@
 
 pub mod protocol;
 
-use crate::attach::{attach, detach, AttachRequest};
+use netmod_core::attach::{attach, detach, AttachRequest};
 use netmod_ipam::{AllocRequest, Ipam};
 use netmod_model::AllocAttrs;
 use protocol::{Invalid, Release, Request};

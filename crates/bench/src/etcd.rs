@@ -15,8 +15,8 @@
 //! fsyncs every commit, as in production), and removes it at the end.
 
 use super::{percentile, render, Row};
-use crate::registry::Registry;
-use crate::CliError;
+use crate::BenchError;
+use netmod_core::registry::Registry;
 use netmod_ipam::{AllocRequest, Ipam};
 use netmod_model::{container_mac, format_mac, host_iface_name, AllocAttrs, Endpoint};
 use netmod_store::etcd_server::{EtcdServer, ETCD_BINARY};
@@ -34,8 +34,8 @@ const ROUNDS: usize = 50;
 const ENDPOINTS: usize = 500;
 const POOL: &str = "10.30.0.0/16";
 
-fn other(e: impl std::fmt::Display) -> CliError {
-    CliError::Other(e.to_string())
+fn other(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Other(e.to_string())
 }
 
 /// The two backends, each run against a fresh key space per measurement.
@@ -66,9 +66,9 @@ impl Backends {
     }
 }
 
-pub fn run(_args: &super::BenchArgs) -> Result<String, CliError> {
+pub fn run(_args: &super::BenchArgs) -> Result<String, BenchError> {
     if !std::path::Path::new(ETCD_BINARY).exists() {
-        return Err(CliError::Other(format!(
+        return Err(BenchError::Other(format!(
             "{ETCD_BINARY} is missing (apt-get install etcd-server)"
         )));
     }
@@ -114,7 +114,7 @@ pub fn run(_args: &super::BenchArgs) -> Result<String, CliError> {
         .both("cold")
         .into_iter()
         .map(|(backend, addr)| Ok((backend, cold_start(&addr)?)))
-        .collect::<Result<_, CliError>>()?;
+        .collect::<Result<_, BenchError>>()?;
 
     Ok(report(&b.endpoint, &allocs, &fan, &sizes, &cold))
 }
@@ -132,14 +132,14 @@ impl Allocs {
 
 /// `allocators` threads, each with its own store handle and host, share
 /// `total` allocations from one fresh pool.
-fn allocate(addr: &str, allocators: usize, total: usize) -> Result<Allocs, CliError> {
+fn allocate(addr: &str, allocators: usize, total: usize) -> Result<Allocs, BenchError> {
     let admin = netmod_store::open(addr)?;
     Ipam::new(&*admin).add_pool(POOL.parse().expect("cidr"), None, 60)?;
     let barrier = Arc::new(Barrier::new(allocators + 1));
     let workers: Vec<_> = (0..allocators)
         .map(|a| {
             let (addr, barrier) = (addr.to_string(), barrier.clone());
-            std::thread::spawn(move || -> Result<Vec<Duration>, CliError> {
+            std::thread::spawn(move || -> Result<Vec<Duration>, BenchError> {
                 let store = netmod_store::open(&addr);
                 barrier.wait();
                 let store = store?;
@@ -211,7 +211,12 @@ fn endpoint(host: &str, id: &str, addr: IpAddr, groups: &[&str]) -> Endpoint {
 }
 
 /// Allocate an address and record its endpoint, as `isolate` does (without the kernel).
-fn isolate(store: &dyn Store, host: &str, id: &str, groups: &[&str]) -> Result<Endpoint, CliError> {
+fn isolate(
+    store: &dyn Store,
+    host: &str,
+    id: &str,
+    groups: &[&str],
+) -> Result<Endpoint, BenchError> {
     let got = Ipam::new(store).allocate(&AllocRequest {
         handle: id.to_string(),
         attrs: AllocAttrs {
@@ -245,9 +250,9 @@ struct SimNode {
 }
 
 impl SimNode {
-    fn start(addr: &str, host: String) -> Result<SimNode, CliError> {
+    fn start(addr: &str, host: String) -> Result<SimNode, BenchError> {
         let store = netmod_store::open(addr)?;
-        let (kvs, revision) = store.range(crate::registry::ENDPOINTS)?;
+        let (kvs, revision) = store.range(netmod_core::registry::ENDPOINTS)?;
         let endpoints: BTreeMap<String, Endpoint> = kvs
             .iter()
             .map(|kv| netmod_store::decode(kv).map(|e| (kv.key.clone(), e)))
@@ -266,7 +271,7 @@ impl SimNode {
     }
 
     /// Follow the feed; for each endpoint change applied, send its container id.
-    fn follow(&mut self, tx: &mpsc::Sender<Applied>) -> Result<bool, CliError> {
+    fn follow(&mut self, tx: &mpsc::Sender<Applied>) -> Result<bool, BenchError> {
         let events = self
             .store
             .changes("", self.revision, Duration::from_secs(5))?;
@@ -274,7 +279,7 @@ impl SimNode {
         let mut changed = Vec::new();
         for e in &events {
             self.revision = self.revision.max(e.revision());
-            if !e.key().starts_with(crate::registry::ENDPOINTS) {
+            if !e.key().starts_with(netmod_core::registry::ENDPOINTS) {
                 continue;
             }
             match e {
@@ -312,7 +317,7 @@ impl SimNode {
 /// written once and applied by `hosts` simulated node daemons, each of which
 /// has a task of its own in that netgroup: the time from the start of the
 /// write until each daemon has recomputed its ruleset, over `rounds` changes.
-fn fan_out(addr: &str, hosts: usize, rounds: usize) -> Result<FanOut, CliError> {
+fn fan_out(addr: &str, hosts: usize, rounds: usize) -> Result<FanOut, BenchError> {
     let writer = netmod_store::open(addr)?;
     Ipam::new(&*writer).add_pool(POOL.parse().expect("cidr"), None, 60)?;
     for h in 0..hosts {
@@ -324,7 +329,7 @@ fn fan_out(addr: &str, hosts: usize, rounds: usize) -> Result<FanOut, CliError> 
         )?;
     }
     let (tx, rx) = mpsc::channel::<Applied>();
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), CliError>>();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), BenchError>>();
     let threads: Vec<_> = (0..hosts)
         .map(|h| {
             let (addr, tx, ready_tx) = (addr.to_string(), tx.clone(), ready_tx.clone());
@@ -394,10 +399,10 @@ struct FanOut {
 
 /// Keys and bytes (key + value) added by `n` endpoints recorded on 4 hosts
 /// in 2 netgroups each, through the real IPAM and registry.
-fn footprint(addr: &str, n: usize) -> Result<(f64, f64), CliError> {
+fn footprint(addr: &str, n: usize) -> Result<(f64, f64), BenchError> {
     let store = netmod_store::open(addr)?;
     Ipam::new(&*store).add_pool(POOL.parse().expect("cidr"), None, 60)?;
-    let count = |s: &dyn Store| -> Result<(usize, usize), CliError> {
+    let count = |s: &dyn Store| -> Result<(usize, usize), BenchError> {
         let (kvs, _) = s.range("")?;
         Ok((
             kvs.len(),
@@ -439,7 +444,7 @@ fn etcd_db_in_use(endpoint: &str) -> Option<f64> {
 
 /// What a short-lived plugin process pays before its first answer: open a
 /// store and read one key (p50 of 30).
-fn cold_start(addr: &str) -> Result<Duration, CliError> {
+fn cold_start(addr: &str) -> Result<Duration, BenchError> {
     let mut times = Vec::new();
     for _ in 0..30 {
         let t = Instant::now();

@@ -12,7 +12,7 @@ mod scale;
 mod throughput;
 
 use super::{ms, percentile, render, BenchArgs, Row};
-use crate::CliError;
+use crate::BenchError;
 use fabric::{other, Fabric};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 /// Seconds per iperf3 run.
 const IPERF_SECONDS: u32 = 5;
 
-pub fn run(args: &BenchArgs) -> Result<String, CliError> {
+pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
     preflight()?;
-    let exe = std::env::current_exe().map_err(|e| other(format!("finding netmod itself: {e}")))?;
+    let exe = crate::netmod_exe().map_err(|e| other(format!("finding netmod itself: {e}")))?;
     let started = Instant::now();
     let load_before = loadavg();
     let prefix;
@@ -63,7 +63,7 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-fn preflight() -> Result<(), CliError> {
+fn preflight() -> Result<(), BenchError> {
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

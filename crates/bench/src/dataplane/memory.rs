@@ -2,9 +2,9 @@
 //!    against none.
 
 use super::fabric::{fabric_ip, group, in_ns, other, record, synthetic_endpoint, Fabric, Procs};
-use crate::bench::bench_dir;
-use crate::registry::Registry;
-use crate::CliError;
+use crate::bench_dir;
+use crate::BenchError;
+use netmod_core::registry::Registry;
 use netmod_ipam::{AllocRequest, Ipam};
 use netmod_model::{AllocAttrs, Host};
 use netmod_store::{SqliteStore, Store};
@@ -32,7 +32,7 @@ pub struct Memory {
     pub full: NodeMemory,
 }
 
-pub fn measure(fabric: &mut Fabric, exe: &Path) -> Result<Memory, CliError> {
+pub fn measure(fabric: &mut Fabric, exe: &Path) -> Result<Memory, BenchError> {
     let host = fabric.host("mem")?;
     let dir = bench_dir()?;
     let mut results = Vec::new();
@@ -117,7 +117,7 @@ fn populate(
     ipam: &Ipam,
     this: &str,
     endpoints: usize,
-) -> Result<(), CliError> {
+) -> Result<(), BenchError> {
     let lease = store.lease_grant(Duration::from_secs(600))?;
     let registry = Registry::new(store);
     let mut names = vec![this.to_string()];
@@ -153,7 +153,7 @@ fn populate(
 }
 
 /// VmRSS and VmHWM in KiB.
-fn vm(pid: u32) -> Result<(u64, u64), CliError> {
+fn vm(pid: u32) -> Result<(u64, u64), BenchError> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| other(format!("reading /proc/{pid}/status: {e}")))?;
     let field = |name: &str| {

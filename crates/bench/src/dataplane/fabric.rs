@@ -5,8 +5,8 @@
 //! Everything is named `nmbench-<pid>-*` and removed on drop. Namespaces left
 //! by a benchmark run that died (its pid is gone) are removed at start.
 
-use crate::registry::Registry;
-use crate::CliError;
+use crate::BenchError;
+use netmod_core::registry::Registry;
 use netmod_dataplane as dp;
 use netmod_model::nft::{Family, Ruleset};
 use netmod_model::{container_mac, format_mac, host_iface_name, Endpoint};
@@ -25,8 +25,8 @@ pub const FABRIC: [u8; 3] = [10, 251, 0];
 /// routed anywhere (`10.160.0.0/12`).
 const SYNTHETIC_BASE: u32 = u32::from_be_bytes([10, 160, 0, 0]);
 
-pub fn other(e: impl std::fmt::Display) -> CliError {
-    CliError::Other(e.to_string())
+pub fn other(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Other(e.to_string())
 }
 
 pub fn fabric_ip(last: u8) -> Ipv4Addr {
@@ -34,7 +34,7 @@ pub fn fabric_ip(last: u8) -> Ipv4Addr {
 }
 
 /// Runs a setup command (not timed) and returns its stdout.
-pub fn run_cmd(prog: &str, args: &[&str]) -> Result<String, CliError> {
+pub fn run_cmd(prog: &str, args: &[&str]) -> Result<String, BenchError> {
     let out = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
@@ -50,7 +50,7 @@ pub fn run_cmd(prog: &str, args: &[&str]) -> Result<String, CliError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn ip(args: &[&str]) -> Result<String, CliError> {
+fn ip(args: &[&str]) -> Result<String, BenchError> {
     run_cmd("ip", args)
 }
 
@@ -58,9 +58,9 @@ fn ip(args: &[&str]) -> Result<String, CliError> {
 /// spawned by `f` start inside that namespace too (a child inherits the
 /// namespaces of the thread that forks it), with no `ip netns exec` or
 /// `nsenter` in between.
-pub fn in_ns<T, F>(path: &Path, f: F) -> Result<T, CliError>
+pub fn in_ns<T, F>(path: &Path, f: F) -> Result<T, BenchError>
 where
-    F: FnOnce() -> Result<T, CliError> + Send,
+    F: FnOnce() -> Result<T, BenchError> + Send,
     T: Send,
 {
     dp::in_netns(path, f).map_err(|e| other(format!("entering {}: {e}", path.display())))?
@@ -92,7 +92,7 @@ impl Drop for Procs {
 
 /// `n` containers: each a fresh network namespace with a process in it. The
 /// process ends by itself after 15 minutes should this run be killed.
-pub fn containers(n: usize) -> Result<Procs, CliError> {
+pub fn containers(n: usize) -> Result<Procs, BenchError> {
     let mut procs = Procs::default();
     for _ in 0..n {
         let child = Command::new("unshare")
@@ -143,7 +143,7 @@ pub struct Fabric {
 }
 
 impl Fabric {
-    pub fn new() -> Result<Fabric, CliError> {
+    pub fn new() -> Result<Fabric, BenchError> {
         sweep_stale();
         let prefix = format!("nmbench-{}", std::process::id());
         let fab = format!("{prefix}-fab");
@@ -163,14 +163,14 @@ impl Fabric {
         Ok(f)
     }
 
-    fn add_ns(&mut self, ns: &str) -> Result<(), CliError> {
+    fn add_ns(&mut self, ns: &str) -> Result<(), BenchError> {
         ip(&["netns", "add", ns])?;
         self.namespaces.push(ns.to_string());
         Ok(())
     }
 
     /// A new fake host called `name` (at most 15 bytes: it names its port on the bridge).
-    pub fn host(&mut self, name: &str) -> Result<HostNs, CliError> {
+    pub fn host(&mut self, name: &str) -> Result<HostNs, BenchError> {
         self.hosts += 1;
         let ns = format!("{}-{name}", self.prefix);
         let addr = fabric_ip(self.hosts);
@@ -263,7 +263,7 @@ pub fn synthetic_endpoint(host: &str, id: &str, addr: Ipv4Addr, group: &str) -> 
     }
 }
 
-pub fn record(registry: &Registry, ep: &Endpoint) -> Result<(), CliError> {
+pub fn record(registry: &Registry, ep: &Endpoint) -> Result<(), BenchError> {
     registry
         .create_endpoint(ep)
         .map_err(|e| other(format!("recording synthetic endpoint: {e}")))
@@ -279,7 +279,7 @@ pub fn record(registry: &Registry, ep: &Endpoint) -> Result<(), CliError> {
 /// `nft_replace_all` enlarges the socket's receive buffer only for batches
 /// above 128 KiB, so a batch of some 270+ small messages (100 endpoints in 50
 /// netgroups is enough) fails with ENOBUFS on the default 208 KiB buffer.
-pub fn load_table(ruleset: &Ruleset) -> Result<(), CliError> {
+pub fn load_table(ruleset: &Ruleset) -> Result<(), BenchError> {
     let base_sets: Vec<String> = Family::BOTH
         .iter()
         .flat_map(|f| [BaseSets::grouped(*f), BaseSets::public(*f)])

@@ -1,11 +1,12 @@
-//! `netmod bench`: measurements against baselines taken in the same run,
-//! printed as a table and written to `bench/results/<name>.md`.
+//! `netmod-bench` (also `netmod bench …`): measurements against baselines
+//! taken in the same run, printed as a table and written to
+//! `bench/results/<name>.md`. It drives the `netmod` binary installed beside
+//! it, as a cluster manager would; the product binary carries no benchmark.
 
 mod cni;
 mod dataplane;
 mod etcd;
 
-use crate::CliError;
 use netmod_ipam::{AllocRequest, Ipam};
 use netmod_model::AllocAttrs;
 use netmod_store::SqliteStore;
@@ -14,7 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "netmod-bench",
+    version,
+    about = "netmod's benchmarks, each against a baseline measured in the same run"
+)]
 pub struct BenchArgs {
     /// Which benchmarks: ipam, dataplane, cni, etcd.
     #[arg(default_values_t = vec!["ipam".to_string()])]
@@ -25,11 +31,53 @@ pub struct BenchArgs {
     /// Process-level calls to time.
     #[arg(long, default_value_t = 500)]
     pub calls: usize,
+    /// Ignored: every benchmark makes stores of its own (accepted because `netmod bench` hands on netmod's global --store).
+    #[arg(long, hide = true)]
+    pub store: Option<String>,
 }
 
-pub fn run(args: BenchArgs) -> Result<(), CliError> {
+/// An error for a human: one clear sentence, exit status 1.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Store(#[from] netmod_store::StoreError),
+    #[error(transparent)]
+    Ipam(#[from] netmod_ipam::IpamError),
+    #[error(transparent)]
+    Core(#[from] netmod_core::CoreError),
+    #[error(transparent)]
+    Registry(#[from] netmod_core::registry::RegistryError),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn main() {
+    let args = <BenchArgs as clap::Parser>::parse();
+    if let Err(e) = run(args) {
+        eprintln!("netmod-bench: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The `netmod` binary under test: the one installed beside this one.
+pub fn netmod_exe() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?.with_file_name("netmod");
+    if exe.is_file() {
+        Ok(exe)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "{} not found (build it with `cargo build -p netmod`)",
+                exe.display()
+            ),
+        ))
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     std::fs::create_dir_all(&args.out)
-        .map_err(|e| CliError::Other(format!("creating {}: {e}", args.out.display())))?;
+        .map_err(|e| BenchError::Other(format!("creating {}: {e}", args.out.display())))?;
     for which in &args.which {
         let report = match which.as_str() {
             "ipam" => ipam(&args)?,
@@ -37,7 +85,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             "cni" => cni::run(&args)?,
             "etcd" => etcd::run(&args)?,
             other => {
-                return Err(CliError::Other(format!(
+                return Err(BenchError::Other(format!(
                     "unknown benchmark {other:?} (known: ipam, dataplane, cni, etcd)"
                 )))
             }
@@ -45,7 +93,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         print!("{report}");
         let path = args.out.join(format!("{which}.md"));
         std::fs::write(&path, &report)
-            .map_err(|e| CliError::Other(format!("writing {}: {e}", path.display())))?;
+            .map_err(|e| BenchError::Other(format!("writing {}: {e}", path.display())))?;
         println!("written to {}", path.display());
     }
     Ok(())
@@ -111,8 +159,8 @@ pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-pub fn bench_dir() -> Result<tempfile_dir::Dir, CliError> {
-    tempfile_dir::Dir::new("netmod-bench").map_err(|e| CliError::Other(e.to_string()))
+pub fn bench_dir() -> Result<tempfile_dir::Dir, BenchError> {
+    tempfile_dir::Dir::new("netmod-bench").map_err(|e| BenchError::Other(e.to_string()))
 }
 
 /// A temporary directory removed on drop (no extra crate for one use).
@@ -179,26 +227,26 @@ fn allocs_per_sec(db: &Path, threads: usize, per_thread: usize) -> f64 {
     (threads * per_thread) as f64 / start.elapsed().as_secs_f64()
 }
 
-pub fn time_process(mut cmd: Command, stdin: &[u8]) -> Result<Duration, CliError> {
+pub fn time_process(mut cmd: Command, stdin: &[u8]) -> Result<Duration, BenchError> {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| CliError::Other(format!("spawning {cmd:?}: {e}")))?;
+        .map_err(|e| BenchError::Other(format!("spawning {cmd:?}: {e}")))?;
     child
         .stdin
         .take()
         .expect("piped")
         .write_all(stdin)
-        .map_err(|e| CliError::Other(e.to_string()))?;
+        .map_err(|e| BenchError::Other(e.to_string()))?;
     let out = child
         .wait_with_output()
-        .map_err(|e| CliError::Other(e.to_string()))?;
+        .map_err(|e| BenchError::Other(e.to_string()))?;
     let took = start.elapsed();
     if !out.status.success() {
-        return Err(CliError::Other(format!(
+        return Err(BenchError::Other(format!(
             "{cmd:?} failed: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
@@ -207,7 +255,7 @@ pub fn time_process(mut cmd: Command, stdin: &[u8]) -> Result<Duration, CliError
     Ok(took)
 }
 
-fn ipam(args: &BenchArgs) -> Result<String, CliError> {
+fn ipam(args: &BenchArgs) -> Result<String, BenchError> {
     let dir = bench_dir()?;
     let db = dir.path().join("bench.db");
     let store = SqliteStore::open(&db)?;
@@ -219,7 +267,7 @@ fn ipam(args: &BenchArgs) -> Result<String, CliError> {
     // Process level, including process start: netmod mesos allocate. A
     // connection stays open meanwhile, as `netmod node` holds one on every host.
     let _node_connection = SqliteStore::open(&db)?;
-    let exe = std::env::current_exe().map_err(|e| CliError::Other(e.to_string()))?;
+    let exe = crate::netmod_exe().map_err(|e| BenchError::Other(e.to_string()))?;
     let mut netmod = Vec::with_capacity(args.calls);
     for i in 0..args.calls {
         let mut cmd = Command::new(&exe);
@@ -259,7 +307,7 @@ fn ipam(args: &BenchArgs) -> Result<String, CliError> {
         }
         hl.sort();
     } else if std::env::var_os("CI").is_some() {
-        return Err(CliError::Other(
+        return Err(BenchError::Other(
             "/usr/lib/cni/host-local is missing (apt-get install containernetworking-plugins)"
                 .into(),
         ));

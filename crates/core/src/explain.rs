@@ -1,10 +1,8 @@
-//! `netmod endpoints` and `netmod explain`: what is plugged in where, and why
-//! a packet from one endpoint (or host) to another is allowed or dropped,
-//! computed from the same rulesets the dataplane installs.
+//! Why a packet from one endpoint (or host) to another is allowed or
+//! dropped, computed from the same rulesets the dataplane installs.
 
-use crate::output::{self, Format};
 use crate::registry::Registry;
-use crate::CliError;
+use crate::CoreError;
 use netmod_model::{Endpoint, Host};
 use netmod_policy::{explain, Hop, Packet};
 use netmod_store::Store;
@@ -12,46 +10,8 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-pub fn endpoints(store: &dyn Store, fmt: Format) -> Result<(), CliError> {
-    let eps = Registry::new(store).endpoints()?;
-    if fmt == Format::Json {
-        output::json(&eps);
-        return Ok(());
-    }
-    output::table(
-        &[
-            "HOST",
-            "CONTAINER",
-            "NAME",
-            "IFACE",
-            "ADDRESSES",
-            "NETGROUPS",
-        ],
-        &eps.iter()
-            .map(|e| {
-                vec![
-                    e.host.clone(),
-                    e.container_id.clone(),
-                    name_of(e).unwrap_or("-").to_string(),
-                    e.iface.clone(),
-                    e.addrs()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    if e.netgroups.is_empty() {
-                        "-".into()
-                    } else {
-                        e.netgroups.join(",")
-                    },
-                ]
-            })
-            .collect::<Vec<_>>(),
-    );
-    Ok(())
-}
-
 /// A task name, from the labels a cluster manager attaches.
-fn name_of(e: &Endpoint) -> Option<&str> {
+pub fn name_of(e: &Endpoint) -> Option<&str> {
     ["task", "name", "app"]
         .iter()
         .find_map(|k| e.labels.get(*k).map(String::as_str))
@@ -90,7 +50,7 @@ fn resolve(
     what: &str,
     eps: &[Endpoint],
     hosts: &BTreeMap<String, Host>,
-) -> Result<Party, CliError> {
+) -> Result<Party, CoreError> {
     let ip: Option<IpAddr> = what.parse().ok();
     let found: Vec<&Endpoint> = eps
         .iter()
@@ -109,13 +69,13 @@ fn resolve(
                 host: e.host.clone(),
                 container_id: e.container_id.clone(),
                 addr: addr
-                    .ok_or_else(|| CliError::Other(format!("endpoint {what} has no address")))?,
+                    .ok_or_else(|| CoreError::Other(format!("endpoint {what} has no address")))?,
                 iface: e.iface.clone(),
             });
         }
         [] => {}
         many => {
-            return Err(CliError::Other(format!(
+            return Err(CoreError::Other(format!(
                 "{what:?} names {} endpoints ({}); use a container id or an address",
                 many.len(),
                 many.iter()
@@ -131,31 +91,34 @@ fn resolve(
             addr: h.ip,
         });
     }
-    Err(CliError::Other(format!(
+    Err(CoreError::Other(format!(
         "no endpoint or host {what:?} (try a container id, an address, a task name or a host name; `netmod endpoints` lists them)"
     )))
 }
 
-#[derive(Serialize)]
-struct Verdict {
-    from: Party,
-    to: Party,
-    port: Option<String>,
-    allowed: bool,
-    hops: Vec<Hop>,
-    summary: String,
+/// The answer: every hop the packet takes through a forward hook, and
+/// whether all of them accept it.
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    pub from: Party,
+    pub to: Party,
+    pub port: Option<String>,
+    pub allowed: bool,
+    pub hops: Vec<Hop>,
+    pub summary: String,
 }
 
 /// The interface a packet leaves or enters a host by, toward other hosts.
 const UPLINK: &str = "(uplink)";
 
-pub fn run(
+/// Explain a packet from `from` to `to` (container ids, addresses, task
+/// names or host names).
+pub fn explain_path(
     store: &dyn Store,
     from: &str,
     to: &str,
     port: Option<String>,
-    fmt: Format,
-) -> Result<bool, CliError> {
+) -> Result<Verdict, CoreError> {
     let registry = Registry::new(store);
     let hosts = registry.hosts()?;
     let all = registry.endpoints()?;
@@ -199,7 +162,7 @@ pub fn run(
     let mut hops = Vec::new();
     match (&from, &to) {
         (Party::Host { .. }, Party::Host { .. }) => {
-            return Err(CliError::Other(
+            return Err(CoreError::Other(
                 "both ends are hosts: netmod does not filter host-to-host traffic".into(),
             ))
         }
@@ -241,40 +204,12 @@ pub fn run(
         decisive.host,
         decisive.decision.reason
     );
-    let verdict = Verdict {
+    Ok(Verdict {
         from,
         to,
         port,
         allowed,
         hops,
         summary,
-    };
-    match fmt {
-        Format::Json => output::json(&verdict),
-        Format::Table => {
-            println!("{}", verdict.summary);
-            for h in &verdict.hops {
-                println!(
-                    "  {} {}: {} ({}{})",
-                    h.host,
-                    h.hook,
-                    if h.decision.accepted {
-                        "accept"
-                    } else {
-                        "drop"
-                    },
-                    h.decision.reason,
-                    h.decision
-                        .rule
-                        .as_deref()
-                        .map(|r| format!("; rule in {}: {r}", h.decision.chain))
-                        .unwrap_or_default()
-                );
-            }
-            if verdict.port.is_some() {
-                println!("  (netgroup profiles allow every port and protocol; the port does not change the verdict)");
-            }
-        }
-    }
-    Ok(allowed)
+    })
 }

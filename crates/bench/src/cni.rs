@@ -5,7 +5,7 @@
 
 use super::dataplane::fabric::{containers, in_ns, other, Fabric, HostNs};
 use super::{bench_dir, ms, percentile, render, time_process, BenchArgs, Row};
-use crate::CliError;
+use crate::BenchError;
 use serde_json::json;
 use std::path::Path;
 use std::process::Command;
@@ -20,7 +20,7 @@ fn cni_call(
     id: &str,
     netns: &Path,
     conf: &str,
-) -> Result<Duration, CliError> {
+) -> Result<Duration, BenchError> {
     let mut cmd = Command::new(plugin);
     cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -46,7 +46,7 @@ fn measure(
     n: usize,
     db: &Path,
     data: &Path,
-) -> Result<(Series, Series), CliError> {
+) -> Result<(Series, Series), BenchError> {
     let nm_conf = |i: usize| {
         json!({"cniVersion": "1.0.0", "name": "nmbench", "type": "netmod", "store": db, "hostname": nm.name,
                "pool": "10.126.0.0/16", "netgroups": [format!("g{}", i % 10)]})
@@ -96,7 +96,7 @@ fn podman_runs(
     dir: &Path,
     network: &str,
     runs: usize,
-) -> Result<Vec<Duration>, CliError> {
+) -> Result<Vec<Duration>, BenchError> {
     let mut times = Vec::new();
     for _ in 0..runs + 2 {
         let out = in_ns(&host.path(), || {
@@ -127,7 +127,7 @@ fn podman_runs(
     Ok(times)
 }
 
-fn podman_dir(exe: &Path, db: &Path, host: &str, dir: &Path) -> Result<(), CliError> {
+fn podman_dir(exe: &Path, db: &Path, host: &str, dir: &Path) -> Result<(), BenchError> {
     let io = |e: std::io::Error| other(format!("preparing podman files: {e}"));
     for d in [
         "cni",
@@ -170,7 +170,7 @@ fn podman_dir(exe: &Path, db: &Path, host: &str, dir: &Path) -> Result<(), CliEr
     Ok(())
 }
 
-pub fn run(args: &BenchArgs) -> Result<String, CliError> {
+pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
     for (path, pkg) in [
         (BRIDGE, "containernetworking-plugins"),
         ("/usr/bin/podman", "podman"),
@@ -180,7 +180,7 @@ pub fn run(args: &BenchArgs) -> Result<String, CliError> {
             return Err(other(format!("{path} is missing (apt-get install {pkg})")));
         }
     }
-    let exe = std::env::current_exe().map_err(|e| other(e.to_string()))?;
+    let exe = crate::netmod_exe().map_err(|e| other(e.to_string()))?;
     let dir = bench_dir()?;
     let db = dir.path().join("cni.db");
     // A connection stays open, as `netmod node` holds one on every host.

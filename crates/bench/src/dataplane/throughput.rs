@@ -6,9 +6,9 @@ use super::fabric::{
     containers, group, in_ns, load_table, other, record, synthetic_addr, synthetic_endpoint,
     Fabric, HostNs, Procs,
 };
-use crate::bench::{bench_dir, time_process};
-use crate::registry::Registry;
-use crate::CliError;
+use crate::BenchError;
+use crate::{bench_dir, time_process};
+use netmod_core::registry::Registry;
 use netmod_dataplane as dp;
 use netmod_ipam::{AllocRequest, Ipam};
 use netmod_model::nft::{
@@ -72,7 +72,7 @@ fn conntrack_only() -> Ruleset {
     }
 }
 
-pub fn measure(fabric: &mut Fabric, exe: &Path, seconds: u32) -> Result<Throughput, CliError> {
+pub fn measure(fabric: &mut Fabric, exe: &Path, seconds: u32) -> Result<Throughput, BenchError> {
     let h1 = fabric.host("t1")?;
     let h2 = fabric.host("t2")?;
     let dir = bench_dir()?;
@@ -232,7 +232,7 @@ pub fn measure(fabric: &mut Fabric, exe: &Path, seconds: u32) -> Result<Throughp
 }
 
 /// One iperf3 run from the client container; Gbit/s received.
-fn iperf_client(netns: &Path, server: Ipv4Addr, secs: u32) -> Result<f64, CliError> {
+fn iperf_client(netns: &Path, server: Ipv4Addr, secs: u32) -> Result<f64, BenchError> {
     let out = in_ns(netns, || {
         Command::new("iperf3")
             .args(["-c", &server.to_string(), "-J", "-O", "1", "-t"])

@@ -5,9 +5,9 @@
 use super::fabric::{
     containers, group, in_ns, load_table, other, record, synthetic_addr, synthetic_endpoint, Fabric,
 };
-use crate::bench::{bench_dir, time_process};
-use crate::registry::Registry;
-use crate::CliError;
+use crate::BenchError;
+use crate::{bench_dir, time_process};
+use netmod_core::registry::Registry;
 use netmod_dataplane as dp;
 use netmod_ipam::{AllocRequest, Ipam};
 use netmod_model::nft::{Change, Family};
@@ -49,7 +49,7 @@ enum Series {
     Remote,
 }
 
-pub fn measure(fabric: &mut Fabric, exe: &Path) -> Result<Scale, CliError> {
+pub fn measure(fabric: &mut Fabric, exe: &Path) -> Result<Scale, BenchError> {
     let host = fabric.host("pol")?;
     let dir = bench_dir()?;
     let mut out = Scale {
@@ -67,7 +67,7 @@ pub fn measure(fabric: &mut Fabric, exe: &Path) -> Result<Scale, CliError> {
         ipam.add_pool("10.124.0.0/16".parse().expect("cidr"), None, 0)?;
         let registry = Registry::new(&store);
         let mut synthetic = 0;
-        let mut add = |host_name: &str, n: usize| -> Result<(), CliError> {
+        let mut add = |host_name: &str, n: usize| -> Result<(), BenchError> {
             let id = format!("synth-{synthetic}");
             let ep = synthetic_endpoint(host_name, &id, synthetic_addr(synthetic), &group(n));
             synthetic += 1;
@@ -179,7 +179,7 @@ fn endpoint_changes(addr: IpAddr, delete: bool) -> Vec<Change> {
 
 /// Times `nft_apply` of one new endpoint's changes, each removed again
 /// (not timed) so the size stays put. Runs in the host's namespace.
-fn transactions() -> Result<Vec<Duration>, CliError> {
+fn transactions() -> Result<Vec<Duration>, BenchError> {
     let mut took = Vec::with_capacity(TX_REPS);
     for i in 0..TX_WARMUP + TX_REPS {
         // Fresh addresses, in none of the sets (10.159.x.y).

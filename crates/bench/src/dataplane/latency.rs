@@ -3,8 +3,8 @@
 //!    way from the same thread inside the same fake host.
 
 use super::fabric::{containers, in_ns, other, Fabric};
-use crate::bench::{bench_dir, time_process};
-use crate::CliError;
+use crate::BenchError;
+use crate::{bench_dir, time_process};
 use netmod_ipam::{AllocRequest, Ipam};
 use netmod_model::AllocAttrs;
 use netmod_store::SqliteStore;
@@ -41,7 +41,7 @@ fn blocks(from: usize, to: usize) -> impl Iterator<Item = std::ops::Range<usize>
         .map(move |s| s..(s + BLOCK).min(to))
 }
 
-pub fn measure(fabric: &mut Fabric, exe: &Path, n: usize) -> Result<Latency, CliError> {
+pub fn measure(fabric: &mut Fabric, exe: &Path, n: usize) -> Result<Latency, BenchError> {
     // Two identical fake hosts, one per plugin, so that each host holds only
     // its own plugin's interfaces (a bridge with hundreds of ports in the
     // same namespace would slow netmod's calls down too, and vice versa).
