@@ -1,16 +1,35 @@
-//! A small blocking HTTP/1.1 client for `http://` URLs, with one hard
-//! deadline per request covering name resolution, connecting, sending and
-//! reading. No TLS, no redirects, no keep-alive (`Connection: close`).
+//! Blocking `GET` of `http://` URLs on [`ureq`], with one hard deadline per
+//! request covering name resolution, connecting, sending and reading the
+//! whole answer.
 //!
-//! Name resolution uses the system resolver (`ToSocketAddrs`), which cannot
-//! be given a timeout; callers run each target on its own thread so that a
-//! slow lookup delays only that target.
+//! What this module adds to ureq's defaults, and why:
+//! * a hard deadline: `timeout_global` (ureq sets none by default);
+//! * a resolver that runs the system lookup on a helper thread and gives up
+//!   at the deadline, and says when it was the lookup that failed or timed
+//!   out (ureq's own resolver reports a failed lookup as a bare I/O error);
+//! * no proxy: ureq picks up `HTTP_PROXY` and friends from the environment,
+//!   but a probe must reach its target itself, not a proxy;
+//! * no redirects, no pooled connections (`Connection: close`): every probe
+//!   opens one fresh connection to the target and reports what it answered;
+//! * any status is an answer (ureq turns 4xx/5xx into errors by default);
+//! * size limits on the response head and body.
+//!
+//! The resolver uses ureq's `unversioned` API, which may change in a minor
+//! ureq release; such a change shows up as a compile error here.
 
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::Duration;
+
+use ureq::http::Uri;
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::Agent;
 
 use crate::Error;
 
@@ -18,6 +37,8 @@ use crate::Error;
 const MAX_HEAD: usize = 64 * 1024;
 /// Largest response body accepted.
 const MAX_BODY: usize = 8 * 1024 * 1024;
+/// How many resolved addresses ureq can take (its `ResolvedSocketAddrs`).
+const MAX_ADDRS: usize = 16;
 
 /// A parsed `http://` URL, keeping the text it was parsed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,10 +47,10 @@ pub struct HttpUrl {
     /// Host for the resolver: a name or an address, IPv6 without brackets.
     host: String,
     port: u16,
-    /// `host[:port]` as written, for the `Host` header.
-    authority: String,
     /// Path and query, at least `/`.
     target: String,
+    /// What is requested: the URL without its fragment.
+    uri: Uri,
 }
 
 impl HttpUrl {
@@ -67,6 +88,8 @@ impl serde::Serialize for HttpUrl {
 impl FromStr for HttpUrl {
     type Err = Error;
 
+    /// Stricter than `http::Uri`, which accepts `http://a:99999/` (and then
+    /// requests port 80), `http://a:x/` and user information.
     fn from_str(url: &str) -> Result<Self, Error> {
         let bad = |reason: &str| Error::Url {
             url: url.to_string(),
@@ -86,26 +109,27 @@ impl FromStr for HttpUrl {
         if authority.contains('@') {
             return Err(bad("user information is not supported"));
         }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, port, bracketed) = if let Some(v6) = authority.strip_prefix('[') {
             let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
             match after {
-                "" => (host, None),
+                "" => (host, None, true),
                 _ => match after.strip_prefix(':') {
-                    Some(port) => (host, Some(port)),
+                    Some(port) => (host, Some(port), true),
                     None => return Err(bad("unexpected text after ']'")),
                 },
             }
         } else {
             match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
+                Some((host, port)) => (host, Some(port), false),
+                None => (authority, None, false),
             }
         };
         if host.is_empty() {
             return Err(bad("no host"));
         }
-        let port = match port {
-            None | Some("") => 80,
+        let explicit_port = port.filter(|p| !p.is_empty());
+        let port = match explicit_port {
+            None => 80,
             Some(p) => p.parse::<u16>().map_err(|_| bad("invalid port"))?,
         };
         let target = match target {
@@ -113,12 +137,24 @@ impl FromStr for HttpUrl {
             t if t.starts_with('?') => format!("/{t}"),
             t => t.to_string(),
         };
+        // The authority as written, less an empty port ("host:").
+        let request_authority = match (explicit_port, bracketed) {
+            (Some(_), _) => authority.to_string(),
+            (None, true) => format!("[{host}]"),
+            (None, false) => host.to_string(),
+        };
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(request_authority)
+            .path_and_query(target.as_str())
+            .build()
+            .map_err(|e| bad(&e.to_string()))?;
         Ok(HttpUrl {
             original: url.to_string(),
             host: host.to_string(),
             port,
-            authority: authority.to_string(),
             target,
+            uri,
         })
     }
 }
@@ -130,16 +166,54 @@ pub enum FetchError {
     Resolve(#[source] io::Error),
     #[error("host resolved to no address")]
     NoAddress,
+    #[error("name resolution timed out after {0:?}")]
+    ResolveTimeout(Duration),
     #[error("connect failed: {0}")]
     Connect(#[source] io::Error),
-    #[error("timed out")]
-    Timeout,
+    #[error("no complete answer within {0:?}")]
+    Timeout(Duration),
+    #[error("connection closed before a complete answer")]
+    Closed,
     #[error("I/O error: {0}")]
     Io(#[source] io::Error),
     #[error("invalid HTTP response: {0}")]
-    Invalid(&'static str),
-    #[error("response too large")]
-    TooLarge,
+    Invalid(String),
+    #[error("response too large: {0}")]
+    TooLarge(&'static str),
+    #[error("HTTP client error: {0}")]
+    Client(#[source] ureq::Error),
+}
+
+impl FetchError {
+    /// Sorts ureq's errors into ours; `timeout` is the request's deadline.
+    fn from_ureq(e: ureq::Error, timeout: Duration) -> FetchError {
+        match e {
+            ureq::Error::Timeout(_) => FetchError::Timeout(timeout),
+            ureq::Error::Io(e) => match e.kind() {
+                // What a connect(2) answers; ureq tries each address in turn
+                // and reports the last failure.
+                io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable
+                | io::ErrorKind::NetworkDown
+                | io::ErrorKind::AddrNotAvailable
+                | io::ErrorKind::PermissionDenied => FetchError::Connect(e),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => FetchError::Timeout(timeout),
+                io::ErrorKind::UnexpectedEof => FetchError::Closed,
+                _ => FetchError::Io(e),
+            },
+            ureq::Error::Protocol(e) => FetchError::Invalid(e.to_string()),
+            ureq::Error::LargeResponseHeader(..) => FetchError::TooLarge("head over 64 KiB"),
+            ureq::Error::BodyExceedsLimit(_) => FetchError::TooLarge("body over 8 MiB"),
+            ureq::Error::HostNotFound => FetchError::NoAddress,
+            // What our resolver said.
+            ureq::Error::Other(e) => match e.downcast::<FetchError>() {
+                Ok(ours) => *ours,
+                Err(other) => FetchError::Client(ureq::Error::Other(other)),
+            },
+            e => FetchError::Client(e),
+        }
+    }
 }
 
 /// A complete response.
@@ -151,276 +225,147 @@ pub struct Response {
 
 /// `GET url`, reading the whole response within `timeout`.
 pub fn get(url: &HttpUrl, timeout: Duration) -> Result<Response, FetchError> {
-    let mut conn = Conn::open(url, Instant::now() + timeout)?;
-    let head = conn.read_head()?;
-    let body = conn.read_body(&head)?;
-    Ok(Response {
-        status: head.status,
-        body,
-    })
+    get_with(agent(), url, timeout)
 }
 
-/// `GET url`, reading only the status line within `timeout`: enough to know
-/// that an HTTP server answered.
+/// `GET url`, reading only the response head within `timeout`: enough to
+/// know that an HTTP server answered. The body is not waited for.
 pub fn status(url: &HttpUrl, timeout: Duration) -> Result<u16, FetchError> {
-    let mut conn = Conn::open(url, Instant::now() + timeout)?;
-    loop {
-        if let Some(end) = find(&conn.buf, b"\n") {
-            return parse_status_line(&conn.buf[..end]);
+    status_with(agent(), url, timeout)
+}
+
+fn get_with(agent: &Agent, url: &HttpUrl, timeout: Duration) -> Result<Response, FetchError> {
+    let response = call(agent, url, timeout)?;
+    let status = response.status().as_u16();
+    // The deadline keeps running while the body is read.
+    let body = response
+        .into_body()
+        .with_config()
+        .limit(MAX_BODY as u64)
+        .read_to_vec()
+        .map_err(|e| FetchError::from_ureq(e, timeout))?;
+    Ok(Response { status, body })
+}
+
+fn status_with(agent: &Agent, url: &HttpUrl, timeout: Duration) -> Result<u16, FetchError> {
+    // Dropping the response closes the connection without reading the body.
+    Ok(call(agent, url, timeout)?.status().as_u16())
+}
+
+fn call(
+    agent: &Agent,
+    url: &HttpUrl,
+    timeout: Duration,
+) -> Result<ureq::http::Response<ureq::Body>, FetchError> {
+    agent
+        .get(url.uri.clone())
+        .header("Connection", "close")
+        .config()
+        .timeout_global(Some(timeout))
+        .build()
+        .call()
+        .map_err(|e| FetchError::from_ureq(e, timeout))
+}
+
+/// The agent every request goes through, resolving with the system resolver.
+fn agent() -> &'static Agent {
+    static AGENT: OnceLock<Agent> = OnceLock::new();
+    AGENT.get_or_init(|| agent_with(system_lookup))
+}
+
+/// An agent configured as described in the module docs, resolving with
+/// `lookup`.
+fn agent_with(lookup: Lookup) -> Agent {
+    let config = Agent::config_builder()
+        .proxy(None)
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .max_idle_connections(0)
+        .max_idle_connections_per_host(0)
+        .max_response_header_size(MAX_HEAD)
+        .user_agent(concat!("star/", env!("CARGO_PKG_VERSION")))
+        .build();
+    Agent::with_parts(config, DefaultConnector::new(), DeadlineResolver { lookup })
+}
+
+/// A blocking name lookup: host (IPv6 without brackets) and port to addresses.
+type Lookup = fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
+
+/// The system resolver (`getaddrinfo`), which takes no timeout.
+fn system_lookup(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    Ok((host, port).to_socket_addrs()?.collect())
+}
+
+/// Resolves with `lookup` on a helper thread and stops waiting for it when
+/// the request's time is up. A lookup that hangs keeps its thread until the
+/// system resolver gives up by itself; the request does not wait for it.
+/// Addresses in the URL are not looked up.
+#[derive(Debug)]
+struct DeadlineResolver {
+    lookup: Lookup,
+}
+
+impl Resolver for DeadlineResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        _config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let host = uri
+            .host()
+            .ok_or_else(|| ureq::Error::BadUri(format!("no host in {uri}")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(80);
+        let addrs = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => lookup_within(self.lookup, host, port, *timeout.after)
+                .map_err(|e| ureq::Error::Other(Box::new(e)))?,
+        };
+        let mut resolved = self.empty();
+        for addr in addrs.into_iter().take(MAX_ADDRS) {
+            resolved.push(addr);
         }
-        if conn.buf.len() > MAX_HEAD {
-            return Err(FetchError::TooLarge);
+        if resolved.is_empty() {
+            return Err(ureq::Error::Other(Box::new(FetchError::NoAddress)));
         }
-        if conn.fill()? == 0 {
-            return Err(FetchError::Invalid(
-                "connection closed before a status line",
-            ));
-        }
+        Ok(resolved)
     }
 }
 
-struct Head {
-    status: u16,
-    content_length: Option<usize>,
-    chunked: bool,
-}
-
-struct Conn {
-    stream: TcpStream,
-    deadline: Instant,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    /// Resolves, connects (trying each address in turn) and sends the request.
-    fn open(url: &HttpUrl, deadline: Instant) -> Result<Conn, FetchError> {
-        let addrs = (url.host.as_str(), url.port)
-            .to_socket_addrs()
-            .map_err(FetchError::Resolve)?;
-        let mut last = FetchError::NoAddress;
-        let mut stream = None;
-        for addr in addrs {
-            let remaining = remaining(deadline)?;
-            match TcpStream::connect_timeout(&addr, remaining) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) if is_timeout(&e) => last = FetchError::Timeout,
-                Err(e) => last = FetchError::Connect(e),
-            }
-        }
-        let mut stream = stream.ok_or(last)?;
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: star/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-            url.target,
-            url.authority,
-            env!("CARGO_PKG_VERSION")
-        );
-        stream
-            .set_write_timeout(Some(remaining(deadline)?))
-            .map_err(FetchError::Io)?;
-        stream.write_all(request.as_bytes()).map_err(io_error)?;
-        Ok(Conn {
-            stream,
-            deadline,
-            buf: Vec::new(),
+/// Runs `lookup(host, port)` on its own thread, waiting at most `within`.
+fn lookup_within(
+    lookup: Lookup,
+    host: &str,
+    port: u16,
+    within: Duration,
+) -> Result<Vec<SocketAddr>, FetchError> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    let name = host.to_string();
+    thread::Builder::new()
+        .name("resolve".to_string())
+        .spawn(move || {
+            // The receiver is gone when the request gave up: nothing to do.
+            let _ = tx.send(lookup(&name, port));
         })
-    }
-
-    /// Reads more bytes into `buf`; returns how many (0 at end of stream).
-    fn fill(&mut self) -> Result<usize, FetchError> {
-        let remaining = remaining(self.deadline)?;
-        self.stream
-            .set_read_timeout(Some(remaining))
-            .map_err(FetchError::Io)?;
-        let mut chunk = [0u8; 8192];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_error(e)),
-            }
-        }
-    }
-
-    /// Reads the response head (skipping any 1xx interim responses) and
-    /// leaves the bytes after it in `buf`.
-    fn read_head(&mut self) -> Result<Head, FetchError> {
-        loop {
-            let end = loop {
-                if let Some(end) = find(&self.buf, b"\r\n\r\n") {
-                    break end;
-                }
-                if self.buf.len() > MAX_HEAD {
-                    return Err(FetchError::TooLarge);
-                }
-                if self.fill()? == 0 {
-                    return Err(FetchError::Invalid("connection closed inside the head"));
-                }
-            };
-            let head = parse_head(&self.buf[..end])?;
-            self.buf.drain(..end + 4);
-            if !(100..200).contains(&head.status) {
-                return Ok(head);
-            }
-        }
-    }
-
-    fn read_body(&mut self, head: &Head) -> Result<Vec<u8>, FetchError> {
-        if head.status == 204 || head.status == 304 {
-            return Ok(Vec::new());
-        }
-        if head.chunked {
-            loop {
-                if let Some(body) = decode_chunked(&self.buf)? {
-                    return Ok(body);
-                }
-                if self.buf.len() > MAX_BODY + MAX_HEAD {
-                    return Err(FetchError::TooLarge);
-                }
-                if self.fill()? == 0 {
-                    return Err(FetchError::Invalid("connection closed inside a chunk"));
-                }
-            }
-        }
-        if let Some(len) = head.content_length {
-            if len > MAX_BODY {
-                return Err(FetchError::TooLarge);
-            }
-            while self.buf.len() < len {
-                if self.fill()? == 0 {
-                    return Err(FetchError::Invalid("connection closed inside the body"));
-                }
-            }
-            self.buf.truncate(len);
-            return Ok(std::mem::take(&mut self.buf));
-        }
-        // No length given: the body runs to the end of the connection.
-        while self.fill()? > 0 {
-            if self.buf.len() > MAX_BODY {
-                return Err(FetchError::TooLarge);
-            }
-        }
-        Ok(std::mem::take(&mut self.buf))
-    }
-}
-
-fn remaining(deadline: Instant) -> Result<Duration, FetchError> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(FetchError::Timeout)
-    } else {
-        Ok(left)
-    }
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-    )
-}
-
-fn io_error(e: io::Error) -> FetchError {
-    if is_timeout(&e) {
-        FetchError::Timeout
-    } else {
-        FetchError::Io(e)
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Parses `HTTP/1.x NNN reason` (with or without the line ending).
-fn parse_status_line(line: &[u8]) -> Result<u16, FetchError> {
-    let line = std::str::from_utf8(line).map_err(|_| FetchError::Invalid("status line"))?;
-    let mut parts = line.trim_end().splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(FetchError::Invalid("status line"));
-    }
-    let code = parts.next().unwrap_or_default();
-    match code.parse::<u16>() {
-        Ok(code) if code.to_string().len() == 3 && code >= 100 => Ok(code),
-        _ => Err(FetchError::Invalid("status code")),
-    }
-}
-
-fn parse_head(head: &[u8]) -> Result<Head, FetchError> {
-    let text = std::str::from_utf8(head).map_err(|_| FetchError::Invalid("head is not UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    let status = parse_status_line(lines.next().unwrap_or_default().as_bytes())?;
-    let mut content_length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(FetchError::Invalid("header line"));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            let len = value
-                .parse::<usize>()
-                .map_err(|_| FetchError::Invalid("Content-Length"))?;
-            content_length = Some(len);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value
-                .rsplit(',')
-                .next()
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        }
-    }
-    Ok(Head {
-        status,
-        content_length,
-        chunked,
-    })
-}
-
-/// Decodes a chunked body; `Ok(None)` while it is still incomplete.
-fn decode_chunked(mut data: &[u8]) -> Result<Option<Vec<u8>>, FetchError> {
-    let mut body = Vec::new();
-    loop {
-        let Some(eol) = find(data, b"\r\n") else {
-            return Ok(None);
-        };
-        let size_text =
-            std::str::from_utf8(&data[..eol]).map_err(|_| FetchError::Invalid("chunk size"))?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size =
-            usize::from_str_radix(size_text, 16).map_err(|_| FetchError::Invalid("chunk size"))?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            // Trailers (ignored) end with an empty line.
-            if data.starts_with(b"\r\n") || find(data, b"\r\n\r\n").is_some() {
-                return Ok(Some(body));
-            }
-            return Ok(None);
-        }
-        if body.len() + size > MAX_BODY {
-            return Err(FetchError::TooLarge);
-        }
-        if data.len() < size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&data[..size]);
-        if &data[size..size + 2] != b"\r\n" {
-            return Err(FetchError::Invalid("chunk not followed by CRLF"));
-        }
-        data = &data[size + 2..];
+        .map_err(FetchError::Resolve)?;
+    match rx.recv_timeout(within) {
+        Ok(Ok(addrs)) => Ok(addrs),
+        Ok(Err(e)) => Err(FetchError::Resolve(e)),
+        Err(RecvTimeoutError::Timeout) => Err(FetchError::ResolveTimeout(within)),
+        Err(RecvTimeoutError::Disconnected) => Err(FetchError::Resolve(io::Error::other(
+            "the lookup thread ended without an answer",
+        ))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
-    use std::thread;
+    use socket2::{Domain, Socket, Type};
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Instant;
 
     fn url(s: &str) -> HttpUrl {
         s.parse().unwrap()
@@ -433,15 +378,19 @@ mod tests {
             (u.host(), u.port(), u.target(), u.as_str()),
             ("probe-b", 9000, "/status", "http://probe-b:9000/status")
         );
+        assert_eq!(u.uri.to_string(), "http://probe-b:9000/status");
         let u = url("HTTP://10.0.0.1");
         assert_eq!((u.host(), u.port(), u.target()), ("10.0.0.1", 80, "/"));
+        assert_eq!(u.uri.to_string(), "http://10.0.0.1/");
         let u = url("http://[::1]:8080?x=1#frag");
         assert_eq!((u.host(), u.port(), u.target()), ("::1", 8080, "/?x=1"));
-        assert_eq!(u.authority, "[::1]:8080");
+        assert_eq!(u.uri.to_string(), "http://[::1]:8080/?x=1");
         let u = url("http://[fe80::1]/a/b?c");
         assert_eq!((u.host(), u.port(), u.target()), ("fe80::1", 80, "/a/b?c"));
+        assert_eq!(u.uri.to_string(), "http://[fe80::1]/a/b?c");
         let u = url("http://localhost:/x");
         assert_eq!(u.port(), 80);
+        assert_eq!(u.uri.to_string(), "http://localhost/x");
     }
 
     #[test]
@@ -457,62 +406,51 @@ mod tests {
             "http://[::1/",
             "http://[::1]x/",
             "http://a b/",
+            "http://a/x`y",
             "",
         ] {
             assert!(bad.parse::<HttpUrl>().is_err(), "{bad:?} accepted");
         }
     }
 
-    #[test]
-    fn chunked_decoding() {
-        assert_eq!(
-            decode_chunked(b"4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n").unwrap(),
-            Some(b"Wikipedia".to_vec())
-        );
-        assert_eq!(decode_chunked(b"4\r\nWiki\r\n5\r\nped").unwrap(), None);
-        assert_eq!(decode_chunked(b"4\r\nWiki\r\n0\r\n").unwrap(), None);
-        assert_eq!(
-            decode_chunked(b"0\r\nX-Trailer: 1\r\n\r\n").unwrap(),
-            Some(Vec::new())
-        );
-        assert!(decode_chunked(b"zz\r\n").is_err());
-        assert!(decode_chunked(b"2\r\nabcd").is_err());
-    }
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r").unwrap(), 200);
-        assert_eq!(parse_status_line(b"HTTP/1.0 404").unwrap(), 404);
-        assert!(parse_status_line(b"SSH-2.0-OpenSSH").is_err());
-        assert!(parse_status_line(b"HTTP/1.1 20 OK").is_err());
-    }
-
-    /// Serves one connection on loopback with `reply`, returning the URL and
-    /// the request that was received.
-    fn serve_once(reply: &'static [u8]) -> (HttpUrl, thread::JoinHandle<String>) {
+    /// Serves one connection on loopback: reads the request head, writes
+    /// `reply`, then holds the connection until the client closes it.
+    /// Returns the URL and, on join, the request that was received.
+    fn serve_once(reply: impl Into<Vec<u8>>) -> (HttpUrl, thread::JoinHandle<String>) {
+        let reply = reply.into();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let handle = thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
-            let mut req = Vec::new();
-            let mut b = [0u8; 1024];
-            while find(&req, b"\r\n\r\n").is_none() {
-                let n = s.read(&mut b).unwrap();
-                if n == 0 {
-                    break;
-                }
-                req.extend_from_slice(&b[..n]);
-            }
-            s.write_all(reply).unwrap();
-            String::from_utf8(req).unwrap()
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let request = read_head(&mut s);
+            // The client may close before it has read everything.
+            let _ = s.write_all(&reply);
+            let _ = s.read_to_end(&mut Vec::new());
+            request
         });
         (url(&format!("http://127.0.0.1:{port}/status?x=1")), handle)
     }
 
+    fn read_head(s: &mut TcpStream) -> String {
+        let mut req = Vec::new();
+        let mut b = [0u8; 1];
+        while !req.ends_with(b"\r\n\r\n") {
+            match s.read(&mut b).unwrap() {
+                0 => break,
+                _ => req.push(b[0]),
+            }
+        }
+        String::from_utf8(req).unwrap()
+    }
+
+    const LONG: Duration = Duration::from_secs(5);
+
     #[test]
     fn gets_with_content_length() {
-        let (u, h) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello, and more");
-        let r = get(&u, Duration::from_secs(5)).unwrap();
+        let (u, h) =
+            serve_once(&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello, and more"[..]);
+        let r = get(&u, LONG).unwrap();
         assert_eq!(
             r,
             Response {
@@ -520,21 +458,22 @@ mod tests {
                 body: b"hello".to_vec()
             }
         );
-        let req = h.join().unwrap();
-        assert!(req.starts_with("GET /status?x=1 HTTP/1.1\r\n"), "{req}");
+        let req = h.join().unwrap().to_ascii_lowercase();
+        assert!(req.starts_with("get /status?x=1 http/1.1\r\n"), "{req}");
         assert!(
-            req.contains(&format!("\r\nHost: 127.0.0.1:{}\r\n", u.port())),
+            req.contains(&format!("\r\nhost: 127.0.0.1:{}\r\n", u.port())),
             "{req}"
         );
-        assert!(req.contains("\r\nConnection: close\r\n"), "{req}");
+        assert!(req.contains("\r\nconnection: close\r\n"), "{req}");
+        assert!(req.contains("\r\nuser-agent: star/"), "{req}");
     }
 
     #[test]
     fn gets_chunked_and_until_close() {
         let (u, h) = serve_once(
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"[..],
         );
-        let r = get(&u, Duration::from_secs(5)).unwrap();
+        let r = get(&u, LONG).unwrap();
         assert_eq!(
             r,
             Response {
@@ -543,39 +482,217 @@ mod tests {
             }
         );
         h.join().unwrap();
-        let (u, h) = serve_once(b"HTTP/1.0 200 OK\r\n\r\n{\"a\":1}");
-        let r = get(&u, Duration::from_secs(5)).unwrap();
+
+        // HTTP/1.0 without a length: the body ends when the server closes.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let u = url(&format!("http://{}/", listener.local_addr().unwrap()));
+        let h = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            read_head(&mut s);
+            s.write_all(b"HTTP/1.0 200 OK\r\n\r\n{\"a\":1}").unwrap();
+        });
+        let r = get(&u, LONG).unwrap();
         assert_eq!(r.body, b"{\"a\":1}");
         h.join().unwrap();
     }
 
     #[test]
-    fn status_only_needs_the_status_line() {
-        let (u, h) = serve_once(b"HTTP/1.1 418 I'm a teapot\r\n");
-        assert_eq!(status(&u, Duration::from_secs(5)).unwrap(), 418);
+    fn redirects_are_answers_not_followed() {
+        let (u, h) = serve_once(
+            &b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/elsewhere\r\nContent-Length: 0\r\n\r\n"[..],
+        );
+        assert_eq!(get(&u, LONG).unwrap().status, 302);
         h.join().unwrap();
     }
 
     #[test]
-    fn refused_and_silent_peers_fail_fast() {
-        let closed = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = closed.local_addr().unwrap().port();
-        drop(closed);
-        let u = url(&format!("http://127.0.0.1:{port}/"));
-        assert!(matches!(
-            status(&u, Duration::from_secs(5)),
-            Err(FetchError::Connect(_))
-        ));
+    fn status_does_not_wait_for_the_body() {
+        // A head promising a body that never comes: status() answers at
+        // once, get() runs into the deadline.
+        let reply = &b"HTTP/1.1 418 I'm a teapot\r\nContent-Length: 100000\r\n\r\n"[..];
+        let (u, h) = serve_once(reply);
+        let start = Instant::now();
+        assert_eq!(status(&u, Duration::from_secs(30)).unwrap(), 418);
+        assert!(start.elapsed() < Duration::from_secs(10));
+        h.join().unwrap();
 
-        // Accepts (via the backlog) but never answers.
+        let (u, h) = serve_once(reply);
+        let start = Instant::now();
+        let err = get(&u, Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(err, FetchError::Timeout(_)), "{err:?}");
+        let took = start.elapsed();
+        assert!(took < LONG, "took {took:?}");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn not_http_is_invalid() {
+        let (u, h) = serve_once(&b"SSH-2.0-OpenSSH_9.2\r\n\r\n"[..]);
+        let err = status(&u, LONG).unwrap_err();
+        assert!(matches!(err, FetchError::Invalid(_)), "{err:?}");
+        assert!(
+            err.to_string().starts_with("invalid HTTP response"),
+            "{err}"
+        );
+        h.join().unwrap();
+
+        // Closed after half a head.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let u = url(&format!("http://{}/", listener.local_addr().unwrap()));
+        let h = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            read_head(&mut s);
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-").unwrap();
+        });
+        let err = status(&u, LONG).unwrap_err();
+        assert!(matches!(err, FetchError::Closed), "{err:?}");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn size_limits() {
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        head.extend(format!("X-Big: {}\r\n\r\n", "a".repeat(MAX_HEAD)).bytes());
+        let (u, h) = serve_once(head);
+        let err = status(&u, LONG).unwrap_err();
+        assert!(matches!(err, FetchError::TooLarge(_)), "{err:?}");
+        h.join().unwrap();
+
+        let mut big = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        )
+        .into_bytes();
+        big.resize(big.len() + MAX_BODY + 1, b'x');
+        let (u, h) = serve_once(big);
+        let err = get(&u, Duration::from_secs(30)).unwrap_err();
+        assert!(matches!(err, FetchError::TooLarge(_)), "{err:?}");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn every_request_opens_its_own_connection() {
+        // Two answers that keep the connection open; a client that reused
+        // the first connection would never reach the second accept.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let u = url(&format!("http://{}/", listener.local_addr().unwrap()));
+        let h = thread::spawn(move || {
+            let mut open = Vec::new();
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                read_head(&mut s);
+                s.write_all(
+                    b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+                )
+                .unwrap();
+                open.push(s);
+            }
+        });
+        for _ in 0..2 {
+            assert_eq!(get(&u, LONG).unwrap().body, b"ok");
+        }
+        h.join().unwrap();
+    }
+
+    /// A loopback TCP socket that is bound but not listening: connections
+    /// to its port are refused for as long as it lives, and no one else can
+    /// take the port meanwhile.
+    fn refusing_port() -> (Socket, u16) {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+        (socket, port)
+    }
+
+    #[test]
+    fn refused_connection() {
+        let (_closed, port) = refusing_port();
+        let u = url(&format!("http://127.0.0.1:{port}/"));
+        let err = status(&u, LONG).unwrap_err();
+        match &err {
+            FetchError::Connect(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused),
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().starts_with("connect failed: "), "{err}");
+    }
+
+    #[test]
+    fn silent_server_runs_into_the_deadline() {
+        // Bound and listening for the whole test; connections complete in
+        // the backlog and are never accepted or answered.
         let silent = TcpListener::bind("127.0.0.1:0").unwrap();
         let u = url(&format!("http://{}/", silent.local_addr().unwrap()));
+        for request in [
+            (|u, t| status(u, t).map(drop)) as fn(&HttpUrl, Duration) -> Result<(), FetchError>,
+            |u, t| get(u, t).map(drop),
+        ] {
+            let start = Instant::now();
+            let err = request(&u, Duration::from_millis(200)).unwrap_err();
+            assert!(matches!(err, FetchError::Timeout(_)), "{err:?}");
+            let took = start.elapsed();
+            assert!(took < LONG, "took {took:?}");
+        }
+    }
+
+    #[test]
+    fn host_names_are_resolved_and_each_address_tried() {
+        // "localhost" may resolve to ::1 first, where nothing listens.
+        let (u, h) = serve_once(&b"HTTP/1.1 204 No Content\r\n\r\n"[..]);
+        let by_name = url(&format!("http://localhost:{}/status", u.port()));
+        assert_eq!(status(&by_name, LONG).unwrap(), 204);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn the_deadline_covers_name_resolution() {
+        fn hanging(_: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
+            thread::sleep(Duration::from_secs(60));
+            Ok(vec![])
+        }
+        let agent = agent_with(hanging);
+        let u = url("http://probe-b.star.example:9000/status");
         let start = Instant::now();
-        assert!(matches!(
-            get(&u, Duration::from_millis(200)),
-            Err(FetchError::Timeout)
-        ));
+        let err = get_with(&agent, &u, Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(err, FetchError::ResolveTimeout(_)), "{err:?}");
         let took = start.elapsed();
-        assert!(took < Duration::from_secs(2), "took {took:?}");
+        assert!(took < LONG, "took {took:?}");
+        let err = status_with(&agent, &u, Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(err, FetchError::ResolveTimeout(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("name resolution timed out"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn lookup_failures_are_told_apart() {
+        fn failing(_: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
+            Err(io::Error::other("Name or service not known"))
+        }
+        fn empty(_: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
+            Ok(vec![])
+        }
+        let u = url("http://probe-b.star.example:9000/status");
+        let err = status_with(&agent_with(failing), &u, LONG).unwrap_err();
+        assert!(matches!(err, FetchError::Resolve(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "cannot resolve host: Name or service not known"
+        );
+        let err = status_with(&agent_with(empty), &u, LONG).unwrap_err();
+        assert!(matches!(err, FetchError::NoAddress), "{err:?}");
+    }
+
+    #[test]
+    fn addresses_are_not_looked_up() {
+        fn never(host: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
+            panic!("looked up {host}")
+        }
+        let (u, h) = serve_once(&b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..]);
+        assert_eq!(status_with(&agent_with(never), &u, LONG).unwrap(), 200);
+        h.join().unwrap();
     }
 }

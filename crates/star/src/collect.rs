@@ -14,26 +14,29 @@ use serde_json::Value;
 
 use crate::client::{self, HttpUrl};
 use crate::flags::{Flags, Parsed};
-use crate::server::{segments, Handler, Reply};
+use crate::server::{segments, Handler, Listen, Reply};
 use crate::Error;
 
 pub const USAGE: &str = "\
 Usage: star-collect [--resources-file=<path>] [--http-address=<addr>] [--http-port=<port>]
-                    [--http-request-seconds=<secs>] [--logfile=<path>]
+                    [--http-listen-fd=<fd>] [--http-request-seconds=<secs>] [--logfile=<path>]
 
 Fetches every resource's URL each interval and serves the answers and a live
 web view of who reaches whom (GET /).
 
   --resources-file         JSON array of {\"id\": ..., \"url\": ...} to start with
   --http-address           address to listen on             [default: 0.0.0.0]
-  --http-port              port to listen on                [default: 9001]
+  --http-port              port to listen on, 0 for any     [default: 9001]
+  --http-listen-fd         serve on this inherited listening socket instead
   --http-request-seconds   seconds between fetches          [default: 5]
   --logfile                append log lines here instead of stderr
-Flags take --flag=value or --flag value.";
+Flags take --flag=value or --flag value. Once listening, prints
+\"star-collect listening on <address>:<port>\" on stdout.";
 
 const FLAGS: &[&str] = &[
     "http-address",
     "http-port",
+    "http-listen-fd",
     "http-request-seconds",
     "resources-file",
     "logfile",
@@ -50,8 +53,7 @@ pub const EXAMPLE_JSON: &str = include_str!("web/example.json");
 /// star-collect's validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CollectConfig {
-    pub http_address: String,
-    pub http_port: u16,
+    pub listen: Listen,
     pub interval: Duration,
     pub resources_file: Option<PathBuf>,
     pub logfile: Option<PathBuf>,
@@ -68,8 +70,7 @@ impl CollectConfig {
             return Ok(Parsed::Help);
         };
         Ok(Parsed::Run(CollectConfig {
-            http_address: flags.string("http-address", "0.0.0.0"),
-            http_port: flags.port("http-port", 9001)?,
+            listen: Listen::from_flags(&flags, 9001)?,
             interval: flags.seconds("http-request-seconds", 5)?,
             resources_file: flags.get("resources-file").map(PathBuf::from),
             logfile: flags.get("logfile").map(PathBuf::from),
@@ -357,8 +358,10 @@ mod tests {
         assert_eq!(
             config(&[]),
             CollectConfig {
-                http_address: "0.0.0.0".into(),
-                http_port: 9001,
+                listen: Listen::Bind {
+                    address: "0.0.0.0".into(),
+                    port: 9001,
+                },
                 interval: Duration::from_secs(5),
                 resources_file: None,
                 logfile: None,
@@ -375,12 +378,19 @@ mod tests {
             "/l",
         ]);
         assert_eq!(c.resources_file, Some(PathBuf::from("/r.json")));
-        assert_eq!(c.http_port, 1234);
+        assert_eq!(
+            c.listen,
+            Listen::Bind {
+                address: "::1".into(),
+                port: 1234
+            }
+        );
         assert_eq!(c.interval, Duration::from_secs(1));
-        assert_eq!(c.http_address, "::1");
         assert_eq!(c.logfile, Some(PathBuf::from("/l")));
         assert!(CollectConfig::from_args(["--urls=x"]).is_err());
         assert!(CollectConfig::from_args(["--http-request-seconds=-2"]).is_err());
+        assert_eq!(config(&["--http-listen-fd=5"]).listen, Listen::Fd(5));
+        assert!(CollectConfig::from_args(["--http-listen-fd=5", "--http-port=1"]).is_err());
         assert_eq!(CollectConfig::from_args(["-h"]).unwrap(), Parsed::Help);
     }
 

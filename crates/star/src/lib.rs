@@ -8,7 +8,7 @@
 //!
 //! Both keep the command lines and REST shapes of the 2015 originals (see
 //! `shared/reference/star-api.md`). Everything here is plain threads and
-//! blocking I/O: a small HTTP/1.1 client with hard timeouts ([`client`]) and
+//! blocking I/O: `ureq` with one hard deadline per request ([`client`]) and
 //! `tiny_http` for the servers ([`server`]).
 
 pub mod client;

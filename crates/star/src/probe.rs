@@ -11,27 +11,30 @@ use serde::Serialize;
 
 use crate::client::{self, HttpUrl};
 use crate::flags::{split_list, Flags, Parsed};
-use crate::server::{Handler, Reply};
+use crate::server::{Handler, Listen, Reply};
 use crate::Error;
 
 pub const USAGE: &str = "\
 Usage: star-probe [--urls=<url,url,...>] [--http-address=<addr>] [--http-port=<port>]
-                  [--http-probe-seconds=<secs>] [--logfile=<path>]
+                  [--http-listen-fd=<fd>] [--http-probe-seconds=<secs>] [--logfile=<path>]
 
 Requests each URL every interval; any HTTP response counts as reachable.
 GET /status reports {\"status\":{\"targets\":[{\"url\":...,\"reachable\":...}]}}.
 
   --urls                 comma-separated http:// URLs to probe (empty items dropped)
   --http-address         address to listen on          [default: 0.0.0.0]
-  --http-port            port to listen on             [default: 9000]
+  --http-port            port to listen on, 0 for any  [default: 9000]
+  --http-listen-fd       serve on this inherited listening socket instead
   --http-probe-seconds   seconds between probes        [default: 5]
   --logfile              append log lines here instead of stderr
-Flags take --flag=value or --flag value.";
+Flags take --flag=value or --flag value. Once listening, prints
+\"star-probe listening on <address>:<port>\" on stdout.";
 
 const FLAGS: &[&str] = &[
     "urls",
     "http-address",
     "http-port",
+    "http-listen-fd",
     "http-probe-seconds",
     "logfile",
 ];
@@ -40,8 +43,7 @@ const FLAGS: &[&str] = &[
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeConfig {
     pub urls: Vec<HttpUrl>,
-    pub http_address: String,
-    pub http_port: u16,
+    pub listen: Listen,
     pub interval: Duration,
     pub logfile: Option<PathBuf>,
 }
@@ -63,8 +65,7 @@ impl ProbeConfig {
             .map_err(|e| Error::Flag(format!("--urls: {e}")))?;
         Ok(Parsed::Run(ProbeConfig {
             urls,
-            http_address: flags.string("http-address", "0.0.0.0"),
-            http_port: flags.port("http-port", 9000)?,
+            listen: Listen::from_flags(&flags, 9000)?,
             interval: flags.seconds("http-probe-seconds", 5)?,
             logfile: flags.get("logfile").map(PathBuf::from),
         }))
@@ -188,8 +189,10 @@ mod tests {
             c,
             ProbeConfig {
                 urls: vec![],
-                http_address: "0.0.0.0".into(),
-                http_port: 9000,
+                listen: Listen::Bind {
+                    address: "0.0.0.0".into(),
+                    port: 9000,
+                },
                 interval: Duration::from_secs(5),
                 logfile: None,
             }
@@ -209,8 +212,13 @@ mod tests {
         ]);
         let urls: Vec<_> = c.urls.iter().map(HttpUrl::as_str).collect();
         assert_eq!(urls, ["http://a:9000/status", "http://b:9000/status"]);
-        assert_eq!(c.http_address, "127.0.0.1");
-        assert_eq!(c.http_port, 9100);
+        assert_eq!(
+            c.listen,
+            Listen::Bind {
+                address: "127.0.0.1".into(),
+                port: 9100
+            }
+        );
         assert_eq!(c.interval, Duration::from_secs(2));
         assert_eq!(c.logfile, Some(PathBuf::from("/tmp/x.log")));
     }
@@ -223,6 +231,18 @@ mod tests {
     }
 
     #[test]
+    fn listen_on_an_inherited_socket() {
+        assert_eq!(config(&["--http-listen-fd", "3"]).listen, Listen::Fd(3));
+        assert_eq!(
+            config(&["--http-port=0"]).listen,
+            Listen::Bind {
+                address: "0.0.0.0".into(),
+                port: 0
+            }
+        );
+    }
+
+    #[test]
     fn bad_flags_are_errors() {
         for args in [
             &["--urls=https://a/"][..],
@@ -231,6 +251,10 @@ mod tests {
             &["--http-probe-seconds=0"],
             &["--bogus=1"],
             &["--http-request-seconds=1"],
+            &["--http-listen-fd=3", "--http-port=9000"],
+            &["--http-listen-fd=3", "--http-address=127.0.0.1"],
+            &["--http-listen-fd=1"],
+            &["--http-listen-fd=x"],
         ] {
             assert!(
                 ProbeConfig::from_args(args.iter().copied()).is_err(),

@@ -2,13 +2,17 @@
 //! answered by a plain [`Handler`] (method, path, body → [`Reply`]), so the
 //! routing can be unit-tested without sockets.
 
-use std::io::Read;
-use std::net::ToSocketAddrs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 
 use serde::Serialize;
+use socket2::{Socket, Type};
 
+use crate::flags::Flags;
 use crate::Error;
 
 /// Largest request body accepted.
@@ -83,8 +87,71 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, method: &str, path: &str, body: &[u8]) -> Reply;
 }
 
+/// Where a server listens, as the command line says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// `--http-address`, `--http-port`: bind these (port 0: any free port).
+    Bind { address: String, port: u16 },
+    /// `--http-listen-fd`: serve on this listening TCP socket, which the
+    /// parent process handed down. Only for a descriptor that this process
+    /// inherited and holds nowhere else.
+    Fd(RawFd),
+}
+
+impl Listen {
+    /// Reads `--http-address` (default `0.0.0.0`), `--http-port` (default
+    /// `default_port`) and `--http-listen-fd`, which excludes the other two.
+    pub fn from_flags(flags: &Flags, default_port: u16) -> Result<Listen, Error> {
+        let Some(fd) = flags.get("http-listen-fd") else {
+            return Ok(Listen::Bind {
+                address: flags.string("http-address", "0.0.0.0"),
+                port: flags.port("http-port", default_port)?,
+            });
+        };
+        if flags.get("http-address").is_some() || flags.get("http-port").is_some() {
+            return Err(Error::Flag(
+                "--http-listen-fd excludes --http-address and --http-port".to_string(),
+            ));
+        }
+        match fd.trim().parse::<RawFd>() {
+            Ok(fd) if fd > 2 => Ok(Listen::Fd(fd)),
+            _ => Err(Error::Flag(format!(
+                "--http-listen-fd: {fd:?} is not an inherited file descriptor (3 or more)"
+            ))),
+        }
+    }
+
+    /// Binds, or takes over the inherited socket (once per process).
+    pub fn open(&self) -> Result<Listener, Error> {
+        match self {
+            Listen::Bind { address, port } => bind(address, *port),
+            Listen::Fd(fd) => {
+                static TAKEN: AtomicBool = AtomicBool::new(false);
+                if TAKEN.swap(true, Ordering::SeqCst) {
+                    return Err(Error::Listen {
+                        address: format!("inherited descriptor {fd}"),
+                        reason: "an inherited socket was taken already".to_string(),
+                    });
+                }
+                // SAFETY: `Listen::Fd` names a descriptor that the command
+                // line says this process inherited, to serve on, and holds
+                // nowhere else; it is taken at most once (`TAKEN`).
+                unsafe { inherit(*fd) }
+            }
+        }
+    }
+}
+
+/// A bound, listening server socket.
+pub struct Listener {
+    server: tiny_http::Server,
+    /// The address it is bound to: with port 0, the port the system chose.
+    pub addr: SocketAddr,
+}
+
 /// Binds the listening socket; `address` is an IP address or a host name.
-pub fn bind(address: &str, port: u16) -> Result<tiny_http::Server, Error> {
+/// Port 0 binds a port the system chooses (see [`Listener::addr`]).
+pub fn bind(address: &str, port: u16) -> Result<Listener, Error> {
     let shown = if address.contains(':') {
         format!("[{address}]:{port}")
     } else {
@@ -99,12 +166,69 @@ pub fn bind(address: &str, port: u16) -> Result<tiny_http::Server, Error> {
         .map_err(|e| fail(e.to_string()))?
         .next()
         .ok_or_else(|| fail("address resolved to nothing".to_string()))?;
-    tiny_http::Server::http(addr).map_err(|e| fail(e.to_string()))
+    let listener = TcpListener::bind(addr).map_err(|e| fail(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+    let server =
+        tiny_http::Server::from_listener(listener, None).map_err(|e| fail(e.to_string()))?;
+    Ok(Listener { server, addr })
 }
 
-/// Answers requests on `server` forever.
-pub fn serve(server: tiny_http::Server, handler: Arc<dyn Handler>) {
-    let server = Arc::new(server);
+/// Takes over the listening TCP socket that the parent process handed down
+/// as descriptor `fd` (bound and listening already, so nothing can take its
+/// port while this program starts).
+///
+/// # Safety
+/// If `fd` is open, nothing else in this process may own it or use it
+/// afterwards: the returned listener owns it and closes it.
+unsafe fn inherit(fd: RawFd) -> Result<Listener, Error> {
+    let fail = |reason: String| Error::Listen {
+        address: format!("inherited descriptor {fd}"),
+        reason,
+    };
+    if fd <= 2 {
+        return Err(fail("0, 1 and 2 are standard input and output".to_string()));
+    }
+    // SAFETY: fcntl(F_GETFD) only reads the flags of one entry of this
+    // process's descriptor table; any number is a valid argument (an unused
+    // one gives EBADF).
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(fail(std::io::Error::last_os_error().to_string()));
+    }
+    // SAFETY: `fd` is open (checked just above), and the caller guarantees
+    // that nothing else owns it: the `OwnedFd` made here is its one owner.
+    let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let is_stream = socket.r#type().map_err(|e| fail(e.to_string()))? == Type::STREAM;
+    let addr = socket
+        .local_addr()
+        .map_err(|e| fail(e.to_string()))?
+        .as_socket();
+    let (true, Some(addr)) = (is_stream, addr) else {
+        return Err(fail("not a TCP socket".to_string()));
+    };
+    if !socket.is_listener().map_err(|e| fail(e.to_string()))? {
+        return Err(fail("the socket is not listening".to_string()));
+    }
+    // Keep it from children this program might start.
+    socket.set_cloexec(true).map_err(|e| fail(e.to_string()))?;
+    let server = tiny_http::Server::from_listener(TcpListener::from(socket), None)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(Listener { server, addr })
+}
+
+/// Tells on stdout that `program` listens on `addr`: one line,
+/// `<program> listening on <ip>:<port>` (`[<ipv6>]:<port>`), printed once
+/// the socket accepts connections. Scripts and tests started with
+/// `--http-port 0` read the port from it.
+pub fn announce(program: &str, addr: SocketAddr) {
+    let mut stdout = std::io::stdout().lock();
+    // Nobody may be reading stdout: that is no reason to stop.
+    let _ = writeln!(stdout, "{program} listening on {addr}");
+    let _ = stdout.flush();
+}
+
+/// Answers requests on `listener` forever.
+pub fn serve(listener: Listener, handler: Arc<dyn Handler>) {
+    let server = Arc::new(listener.server);
     let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
             let server = Arc::clone(&server);

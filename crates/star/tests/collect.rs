@@ -13,25 +13,31 @@ const TWO_INTERVALS: Duration = Duration::from_millis(2500);
 
 #[test]
 fn responses_from_two_probes() {
-    let (b_port, c_port, closed, collect_port) =
-        (free_port(), free_port(), free_port(), free_port());
-    let (b_url, c_url, closed_url) = (status_url(b_port), status_url(c_port), status_url(closed));
-    let b = Server::probe(
-        b_port,
+    // B and C probe each other, and the collector fetches its own page, so
+    // their sockets are bound before any of them starts.
+    let (b_socket, c_socket, collect_socket) = (listener(), listener(), listener());
+    let closed = closed_port();
+    let (b_url, c_url, closed_url) = (
+        status_url(port_of(&b_socket)),
+        status_url(port_of(&c_socket)),
+        status_url(closed.port),
+    );
+    let b = Server::probe_on(
+        &b_socket,
         &[
             &format!("--urls={c_url},{closed_url}"),
             "--http-probe-seconds=1",
         ],
     );
-    let c = Server::probe(
-        c_port,
+    let c = Server::probe_on(
+        &c_socket,
         &[&format!("--urls={b_url}"), "--http-probe-seconds=1"],
     );
 
     let dir = scratch_dir("collect-two");
     // Besides the two probes: a dead URL, and a live one whose body is not
     // JSON (the collector's own HTML page). Both must come out as null.
-    let html_url = format!("http://127.0.0.1:{collect_port}/");
+    let html_url = format!("http://127.0.0.1:{}/", port_of(&collect_socket));
     let resources = json!([
         {"id": "probe-b", "url": b_url},
         {"id": "probe-c", "url": c_url},
@@ -39,8 +45,8 @@ fn responses_from_two_probes() {
         {"id": "html", "url": html_url},
     ]);
     let file = write_file(&dir, "resources.json", &resources.to_string());
-    let collect = Server::collect(
-        collect_port,
+    let collect = Server::collect_on(
+        &collect_socket,
         &[
             "--resources-file",
             file.to_str().unwrap(),
@@ -99,7 +105,8 @@ fn responses_from_two_probes() {
         json!({"resources": resources})
     );
 
-    // A probe that stops answering turns to null.
+    // A probe that stops answering turns to null (its port is still ours:
+    // connections to it wait unanswered).
     drop(c);
     let gone = wait_for(TWO_INTERVALS, || {
         collect.get_json("/responses")["responses"]["probe-c"]
@@ -111,11 +118,11 @@ fn responses_from_two_probes() {
 
 #[test]
 fn resources_api() {
-    let collect = Server::collect(free_port(), &["--http-request-seconds=1"]);
+    let collect = Server::collect(&["--http-request-seconds=1"]);
     assert_eq!(collect.get_json("/resources"), json!({"resources": []}));
     assert_eq!(collect.get_json("/responses"), json!({"responses": {}}));
 
-    let b = Server::probe(free_port(), &[]);
+    let b = Server::probe(&[]);
     let b_url = status_url(b.port);
     let body = json!({"id": "probe-b", "url": b_url});
     let reply = collect.post("/resources", &body.to_string());
@@ -179,7 +186,7 @@ fn resources_api() {
 
 #[test]
 fn web_view_and_example() {
-    let collect = Server::collect(free_port(), &[]);
+    let collect = Server::collect(&[]);
     let page = collect.get("/");
     assert_eq!(page.status, 200);
     assert!(page

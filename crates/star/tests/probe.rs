@@ -27,17 +27,14 @@ fn targets(status: &Value) -> Vec<(String, bool)> {
 
 #[test]
 fn reachable_and_closed_targets() {
-    let b = Server::probe(free_port(), &["--urls="]);
-    let closed = free_port(); // bound and released: nothing listens there
+    let b = Server::probe(&["--urls="]);
+    let closed = closed_port();
     let b_url = status_url(b.port);
-    let closed_url = status_url(closed);
-    let a = Server::probe(
-        free_port(),
-        &[
-            &format!("--urls={b_url},,{closed_url},"),
-            "--http-probe-seconds=1",
-        ],
-    );
+    let closed_url = status_url(closed.port);
+    let a = Server::probe(&[
+        &format!("--urls={b_url},,{closed_url},"),
+        "--http-probe-seconds=1",
+    ]);
     let expected = json!({"status": {"targets": [
         {"url": b_url, "reachable": true},
         {"url": closed_url, "reachable": false},
@@ -65,7 +62,7 @@ fn reachable_and_closed_targets() {
 
 #[test]
 fn other_paths_are_404() {
-    let a = Server::probe(free_port(), &["--urls", "http://127.0.0.1:1/status"]);
+    let a = Server::probe(&["--urls", "http://127.0.0.1:1/status"]);
     for path in ["/", "/statuses", "/status/x", "/resources"] {
         assert_eq!(a.get(path).status, 404, "{path}");
     }
@@ -74,7 +71,7 @@ fn other_paths_are_404() {
 
 #[test]
 fn blackholed_targets_do_not_stall_others() {
-    let b = Server::probe(free_port(), &[]);
+    let b = Server::probe(&[]);
     let silent = silent_listener();
     // Ten targets that accept the connection and never answer, before B.
     // Probed one after another with a 333 ms timeout they would take over
@@ -83,10 +80,7 @@ fn blackholed_targets_do_not_stall_others() {
         .map(|i| format!("http://127.0.0.1:{silent}/status?{i}"))
         .collect();
     urls.push(status_url(b.port));
-    let a = Server::probe(
-        free_port(),
-        &["--urls", &urls.join(","), "--http-probe-seconds", "1"],
-    );
+    let a = Server::probe(&["--urls", &urls.join(","), "--http-probe-seconds", "1"]);
     let reached = wait_for(TWO_INTERVALS, || {
         let t = targets(&a.get_json("/status"));
         t.last().unwrap().1.then_some(t)
@@ -104,15 +98,14 @@ fn blackholed_targets_do_not_stall_others() {
 
 #[test]
 fn follows_a_target_going_down_and_up() {
-    let b_port = free_port();
-    let b = Server::probe(b_port, &[]);
-    let a = Server::probe(
-        free_port(),
-        &[
-            &format!("--urls={}", status_url(b_port)),
-            "--http-probe-seconds=1",
-        ],
-    );
+    // B's socket stays ours for the whole test, so the port cannot change
+    // hands: while no B runs, connections to it wait unanswered.
+    let b_socket = listener();
+    let b = Server::probe_on(&b_socket, &[]);
+    let a = Server::probe(&[
+        &format!("--urls={}", status_url(port_of(&b_socket))),
+        "--http-probe-seconds=1",
+    ]);
     let is = |want: bool| {
         wait_for(TWO_INTERVALS, || {
             (targets(&a.get_json("/status"))[0].1 == want).then_some(())
@@ -121,7 +114,7 @@ fn follows_a_target_going_down_and_up() {
     assert!(is(true).is_some(), "B never reachable");
     drop(b);
     assert!(is(false).is_some(), "B still reachable after it stopped");
-    let _b = Server::probe(b_port, &[]);
+    let _b = Server::probe_on(&b_socket, &[]);
     assert!(is(true).is_some(), "B not reachable again after restart");
 }
 
@@ -129,9 +122,9 @@ fn follows_a_target_going_down_and_up() {
 fn resolves_host_names() {
     // "localhost" goes through the system resolver (and may yield ::1 first,
     // where nothing listens: the next address must be tried).
-    let b = Server::probe(free_port(), &[]);
+    let b = Server::probe(&[]);
     let url = format!("http://localhost:{}/status", b.port);
-    let a = Server::probe(free_port(), &["--urls", &url, "--http-probe-seconds", "1"]);
+    let a = Server::probe(&["--urls", &url, "--http-probe-seconds", "1"]);
     let ok = wait_for(TWO_INTERVALS, || {
         (targets(&a.get_json("/status")) == vec![(url.clone(), true)]).then_some(())
     });
@@ -142,21 +135,22 @@ fn resolves_host_names() {
 fn logfile_is_written() {
     let dir = scratch_dir("probe-log");
     let log = dir.join("probe.log");
-    let closed = free_port();
-    let a = Server::probe(
-        free_port(),
-        &[
-            &format!("--logfile={}", log.display()),
-            &format!("--urls={}", status_url(closed)),
-            "--http-probe-seconds=1",
-        ],
-    );
+    let closed = closed_port();
+    let a = Server::probe(&[
+        &format!("--logfile={}", log.display()),
+        &format!("--urls={}", status_url(closed.port)),
+        "--http-probe-seconds=1",
+    ]);
     let text = wait_for(TWO_INTERVALS, || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         text.contains("unreachable").then_some(text)
     })
     .unwrap_or_else(|| panic!("log: {:?}", std::fs::read_to_string(&log)));
-    assert!(text.contains("listening on 127.0.0.1"), "{text}");
+    assert!(
+        text.contains(&format!("star-probe listening on 127.0.0.1:{},", a.port)),
+        "{text}"
+    );
+    assert!(text.contains("connect failed"), "{text}");
     assert!(a.stderr_text().is_empty(), "{}", a.stderr_text());
 }
 
@@ -178,4 +172,38 @@ fn command_line_errors_and_help() {
     let out = Command::new(PROBE).arg("--help").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--http-probe-seconds"));
+}
+
+#[test]
+fn bad_inherited_sockets_are_refused() {
+    // Not open.
+    let out = Command::new(PROBE)
+        .arg("--http-listen-fd=1000")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on inherited descriptor 1000"),
+        "{err}"
+    );
+
+    // Bound but not listening.
+    let closed = closed_port();
+    let mut command = Command::new(PROBE);
+    command.arg(format!("--http-listen-fd={}", closed.fd()));
+    inherit_fd(&mut command, closed.fd());
+    let out = command.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the socket is not listening"), "{err}");
+
+    // With --http-port too.
+    let out = Command::new(PROBE)
+        .args(["--http-listen-fd=3", "--http-port=0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--http-listen-fd excludes"), "{err}");
 }

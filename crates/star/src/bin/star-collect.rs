@@ -27,16 +27,18 @@ fn run() -> Result<(), Error> {
             return Ok(());
         }
     };
+    // First: an inherited socket (--http-listen-fd) is taken before this
+    // process opens any descriptor of its own.
+    let listener = config.listen.open()?;
     let resources = match &config.resources_file {
         Some(path) => load_resources(path)?,
         None => Vec::new(),
     };
     star::log::init(config.logfile.as_deref())?;
-    let listener = server::bind(&config.http_address, config.http_port)?;
+    server::announce("star-collect", listener.addr);
     logln!(
-        "star-collect listening on {}:{}, fetching {} resource(s) every {:?}",
-        config.http_address,
-        config.http_port,
+        "star-collect listening on {}, fetching {} resource(s) every {:?}",
+        listener.addr,
         resources.len(),
         config.interval
     );

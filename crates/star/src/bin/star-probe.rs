@@ -27,12 +27,14 @@ fn run() -> Result<(), Error> {
             return Ok(());
         }
     };
+    // First: an inherited socket (--http-listen-fd) is taken before this
+    // process opens any descriptor of its own.
+    let listener = config.listen.open()?;
     star::log::init(config.logfile.as_deref())?;
-    let listener = server::bind(&config.http_address, config.http_port)?;
+    server::announce("star-probe", listener.addr);
     logln!(
-        "star-probe listening on {}:{}, probing {} target(s) every {:?}",
-        config.http_address,
-        config.http_port,
+        "star-probe listening on {}, probing {} target(s) every {:?}",
+        listener.addr,
         config.urls.len(),
         config.interval
     );
