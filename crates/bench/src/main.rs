@@ -6,6 +6,7 @@
 mod cni;
 mod dataplane;
 mod etcd;
+mod lab;
 
 use netmod_ipam::{AllocRequest, Ipam};
 use netmod_model::AllocAttrs;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
     about = "netmod's benchmarks, each against a baseline measured in the same run"
 )]
 pub struct BenchArgs {
-    /// Which benchmarks: ipam, dataplane, cni, etcd.
+    /// Which benchmarks: ipam, dataplane, cni, etcd, lab.
     #[arg(default_values_t = vec!["ipam".to_string()])]
     pub which: Vec<String>,
     /// Directory for the result files.
@@ -31,6 +32,12 @@ pub struct BenchArgs {
     /// Process-level calls to time.
     #[arg(long, default_value_t = 500)]
     pub calls: usize,
+    /// lab: instances to scale the ipAddress app to.
+    #[arg(long, default_value_t = 50)]
+    pub lab_scale: u32,
+    /// lab: seconds of idle sampling for memory and CPU.
+    #[arg(long, default_value_t = 10)]
+    pub lab_idle_secs: u64,
     /// Ignored: every benchmark makes stores of its own (accepted because `netmod bench` hands on netmod's global --store).
     #[arg(long, hide = true)]
     pub store: Option<String>,
@@ -84,9 +91,19 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             "dataplane" => dataplane::run(&args)?,
             "cni" => cni::run(&args)?,
             "etcd" => etcd::run(&args)?,
+            // The lab writes its own report (it prints as it goes).
+            "lab" => {
+                lab::run(&lab::BenchArgs {
+                    out: args.out.join("lab.md"),
+                    scale: args.lab_scale,
+                    idle_secs: args.lab_idle_secs,
+                })
+                .map_err(|e| BenchError::Other(e.to_string()))?;
+                continue;
+            }
             other => {
                 return Err(BenchError::Other(format!(
-                    "unknown benchmark {other:?} (known: ipam, dataplane, cni, etcd)"
+                    "unknown benchmark {other:?} (known: ipam, dataplane, cni, etcd, lab)"
                 )))
             }
         };

@@ -17,6 +17,19 @@ pub fn name_of(e: &Endpoint) -> Option<&str> {
         .find_map(|k| e.labels.get(*k).map(String::as_str))
 }
 
+/// Whether `what` names this endpoint by one of its task labels: the whole
+/// value, a task name's first label (`probe-a` of `probe-a.star`, as
+/// Mesos-DNS names it) or an app id's last segment (`probe-a` of
+/// `/star/probe-a`).
+fn answers_to(e: &Endpoint, what: &str) -> bool {
+    ["task", "name", "app"]
+        .iter()
+        .filter_map(|k| e.labels.get(*k))
+        .any(|v| {
+            v == what || v.split('.').next() == Some(what) || v.rsplit('/').next() == Some(what)
+        })
+}
+
 /// One side of the question: an endpoint, or a host's own address.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -56,7 +69,7 @@ fn resolve(
         .iter()
         .filter(|e| {
             e.container_id == what
-                || name_of(e) == Some(what)
+                || answers_to(e, what)
                 || ip.is_some_and(|ip| e.addrs().any(|a| a == ip))
         })
         .collect();
@@ -212,4 +225,33 @@ pub fn explain_path(
         hops,
         summary,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answers_to;
+    use netmod_model::Endpoint;
+
+    fn labelled(pairs: &[(&str, &str)]) -> Endpoint {
+        let mut e: Endpoint = serde_json::from_value(serde_json::json!({
+            "host": "h1", "container_id": "c1", "iface": "nmv0", "mac": "00:00:00:00:00:01"
+        }))
+        .unwrap();
+        for (k, v) in pairs {
+            e.labels.insert(k.to_string(), v.to_string());
+        }
+        e
+    }
+
+    #[test]
+    fn a_task_answers_to_its_name_its_first_label_and_its_app() {
+        let e = labelled(&[("task", "probe-a.star"), ("app", "/star/probe-a")]);
+        for name in ["probe-a.star", "probe-a", "/star/probe-a"] {
+            assert!(answers_to(&e, name), "{name}");
+        }
+        for name in ["probe-b", "star", "probe", ""] {
+            assert!(!answers_to(&e, name), "{name}");
+        }
+        assert!(!answers_to(&labelled(&[]), "probe-a"));
+    }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::config::{LabConfig, MARATHON_PORT};
+use crate::config::{self, LabConfig, DEFAULT_FABRIC};
 use crate::dns;
 use crate::error::{fail, Context, LabError};
 use crate::http;
@@ -63,6 +63,9 @@ pub struct DemoArgs {
     /// an etcd server of its own (see `netmod lab up --store`).
     #[arg(long)]
     pub store: Option<String>,
+    /// The fabric's range for the demo's labs (see `netmod lab up --fabric`).
+    #[arg(long, default_value = DEFAULT_FABRIC)]
+    pub fabric: String,
 }
 
 /// The three scenes.
@@ -245,11 +248,19 @@ fn interrupted() -> Result<(), LabError> {
     Ok(())
 }
 
+/// `netmod lab [--name <lab>] ARGS`, for the demo's own lab.
 fn lab_cmd(args: &[&str]) -> Result<(), LabError> {
-    println!("  $ netmod lab {}", args.join(" "));
+    let lab = config::current();
+    let name: &[&str] = if lab.is_default() {
+        &[]
+    } else {
+        &["--name", lab.name()]
+    };
+    println!("  $ netmod lab {}", [name, args].concat().join(" "));
     let me = std::env::current_exe().context(|| "cannot find netmod-lab".into())?;
     let status = Command::new(me)
         .arg("lab")
+        .args(["--name", lab.name()])
         .args(args)
         .status()
         .context(|| "cannot run netmod lab".into())?;
@@ -259,23 +270,28 @@ fn lab_cmd(args: &[&str]) -> Result<(), LabError> {
     Ok(())
 }
 
-fn marathon(path: &str) -> String {
-    format!("http://127.0.0.1:{MARATHON_PORT}{path}")
+/// A URL of the demo lab's Marathon.
+fn marathon(path: &str) -> Result<String, LabError> {
+    Ok(format!("{}{path}", LabConfig::load()?.marathon_url()?))
+}
+
+/// The demo's group files name the default lab's star directory in their
+/// `file://` URIs; another lab's apps fetch from that lab's own.
+fn for_this_lab(body: &str, cfg: &LabConfig) -> String {
+    let default_star = config::Instance::default_instance().run_dir().join("star");
+    body.replace(
+        &format!("file://{}/", default_star.display()),
+        &format!("file://{}/", cfg.star_dir.display()),
+    )
 }
 
 fn put_group(id: &str, file: &str, body: &str) -> Result<(), LabError> {
-    println!(
-        "  $ curl -X PUT {} -d @demo/marathon/{file}",
-        marathon(&format!("/v2/groups/{id}"))
-    );
-    let value: Value = serde_json::from_str(body).context(|| format!("{file} is not JSON"))?;
-    let (status, reply) = http::send_json(
-        "PUT",
-        &marathon(&format!("/v2/groups/{id}")),
-        &value,
-        Duration::from_secs(10),
-    )
-    .map_err(LabError::new)?;
+    let url = marathon(&format!("/v2/groups/{id}"))?;
+    println!("  $ curl -X PUT {url} -d @demo/marathon/{file}");
+    let body = for_this_lab(body, &LabConfig::load()?);
+    let value: Value = serde_json::from_str(&body).context(|| format!("{file} is not JSON"))?;
+    let (status, reply) =
+        http::send_json("PUT", &url, &value, Duration::from_secs(10)).map_err(LabError::new)?;
     if status != 200 {
         return fail(format!("Marathon answered {status}: {reply}"));
     }
@@ -293,10 +309,8 @@ struct AppView {
 }
 
 fn apps_view(group: &str) -> Result<Vec<AppView>, String> {
-    let v = http::get_json(
-        &marathon("/v2/apps?embed=apps.tasks"),
-        Duration::from_secs(3),
-    )?;
+    let url = marathon("/v2/apps?embed=apps.tasks").map_err(|e| e.to_string())?;
+    let v = http::get_json(&url, Duration::from_secs(3))?;
     let mut out = Vec::new();
     for a in v["apps"].as_array().into_iter().flatten() {
         let id = a["id"].as_str().unwrap_or("").to_string();
@@ -454,7 +468,7 @@ fn play(spec: &SceneSpec, timeout: Duration) -> Result<(), LabError> {
     let collector = match spec.scene {
         Scene::Before => {
             let v = http::get_json(
-                &marathon(&format!("/v2/apps/{}/collect", spec.group)),
+                &marathon(&format!("/v2/apps/{}/collect", spec.group))?,
                 Duration::from_secs(3),
             )
             .map_err(LabError::new)?;
@@ -518,7 +532,17 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
     util::catch_termination();
     let timeout = Duration::from_secs(args.timeout);
     println!("netmod demo: the seed's story on this machine — before, per-task IPs, isolated.");
-    println!("Marathon: http://127.0.0.1:{MARATHON_PORT}/   Mesos: http://127.0.0.1:5050/");
+    let urls = || -> String {
+        LabConfig::load()
+            .and_then(|c| {
+                Ok(format!(
+                    "Marathon: {}/   Mesos: {}/",
+                    c.marathon_url()?,
+                    c.mesos_url()?
+                ))
+            })
+            .unwrap_or_else(|e| e.to_string())
+    };
     let scenes = [
         SceneSpec {
             scene: Scene::Before,
@@ -556,7 +580,8 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
     let mut results: Vec<(&str, Result<(), String>)> = Vec::new();
     let outcome = (|| -> Result<(), LabError> {
         println!("\n-- the \"before\" cluster");
-        lab_cmd(&["up", "--no-isolator"])?;
+        lab_cmd(&["up", "--no-isolator", "--fabric", &args.fabric])?;
+        println!("  {}", urls());
         let r = play(&scenes[0], timeout);
         results.push((
             scenes[0].title,
@@ -566,9 +591,10 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
         lab_cmd(&["down"])?;
         println!("\n-- the cluster with netmod");
         match args.store.as_deref() {
-            Some(store) => lab_cmd(&["up", "--store", store])?,
-            None => lab_cmd(&["up"])?,
+            Some(store) => lab_cmd(&["up", "--fabric", &args.fabric, "--store", store])?,
+            None => lab_cmd(&["up", "--fabric", &args.fabric])?,
         }
+        println!("  {}", urls());
         for s in &scenes[1..] {
             interrupted()?;
             let r = play(s, timeout);
@@ -579,11 +605,15 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
     let kept = args.keep && Path::new(&LabConfig::path()).exists();
     if kept {
         println!("\nThe lab stays up (--keep):");
-        println!("  Marathon   http://127.0.0.1:{MARATHON_PORT}/");
-        println!("  Mesos      http://127.0.0.1:5050/");
+        println!("  {}", urls());
         println!("  visualizer http://{COLLECTOR_ROUTED}:9001/   (per-task IPs)");
         println!("  visualizer http://{COLLECTOR_ISOLATED}:9001/   (isolated)");
-        println!("  remove it with: netmod lab down");
+        let lab = config::current();
+        if lab.is_default() {
+            println!("  remove it with: netmod lab down");
+        } else {
+            println!("  remove it with: netmod lab --name {} down", lab.name());
+        }
     } else {
         println!();
         if let Err(e) = lab_cmd(&["down"]) {
@@ -666,6 +696,23 @@ mod tests {
         let r = render(&before);
         assert!(r.contains("A →  ·  ✓  ✗  ✗"), "{r}");
         assert!(r.contains("(no answer"));
+    }
+
+    #[test]
+    fn another_lab_fetches_from_its_own_star_directory() {
+        let mut cfg: LabConfig = serde_json::from_value(serde_json::json!({
+            "name": "t1", "run_id": "x", "run_dir": "/run/netmod-lab-t1", "fabric": "10.9.0.0/24",
+            "bridge": "t1-br0", "bridge_ip": "10.9.0.1", "agents": [], "pool": null,
+            "isolator": false, "store": "s", "store_owned": true, "netmod": "/n", "lab_exe": "/l",
+            "star_dir": "/run/netmod-lab-t1/star", "agent_cpus": 1.0, "agent_mem": 1.0,
+            "created_at": 0.0, "listen": {"marathon": 0, "mesos": 0, "fabric": 0}, "ports": null
+        }))
+        .unwrap();
+        let body = for_this_lab(STARS, &cfg);
+        assert!(body.contains("\"file:///run/netmod-lab-t1/star/star-resources.json\""));
+        assert!(!body.contains("/run/netmod-lab/"));
+        cfg.star_dir = "/run/netmod-lab/star".into();
+        assert_eq!(for_this_lab(STARS, &cfg), STARS);
     }
 
     #[test]

@@ -1,38 +1,32 @@
-//! DNS for tasks, as Mesos-DNS served it: every agent answers A queries for
-//! `<task>.marathon.mesos` on its fabric address (UDP 53), from records it
-//! derives from the master's state. Names outside `.mesos` are refused at
-//! once: nothing is forwarded anywhere.
+//! DNS for tasks, as Mesos-DNS served it: every agent answers A (and AAAA)
+//! queries for `<task>.marathon.mesos` on its fabric address (UDP 53), from
+//! records it derives from the master's state. Names outside `.mesos` are
+//! refused at once: nothing is forwarded anywhere.
 //!
 //! A task named `probe-b.star` is published as `probe-b-star.marathon.mesos`
 //! and, when it has discovery info, also as `probe-b.star.marathon.mesos`.
-//! Its address: the task's own (`network_infos[].ip_addresses[]`) if it has
-//! one, else its agent's.
+//! Its addresses: the task's own (`network_infos[].ip_addresses[]`) if it
+//! has any, else its agent's.
+//!
+//! The message codec is `hickory-proto`'s (`op::Message` over
+//! `serialize::binary`); this module only decides what to answer.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::{Arc, RwLock};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use hickory_proto::op::{
+    Edns, Header, Message, MessageType, Metadata, OpCode, Query, ResponseCode,
+};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use serde_json::Value;
 
 /// Name (lowercase, no trailing dot) → addresses.
-pub type Records = BTreeMap<String, Vec<Ipv4Addr>>;
-
-/// The zone the agents are authoritative for.
-pub const ZONE: &str = "mesos";
-pub const TTL: u32 = 5;
-/// Answers kept within a plain 512-byte UDP reply.
-const MAX_ANSWERS: usize = 25;
-
-pub const TYPE_A: u16 = 1;
-pub const TYPE_AAAA: u16 = 28;
-const TYPE_ANY: u16 = 255;
-pub const NOERROR: u8 = 0;
-pub const FORMERR: u8 = 1;
-pub const NXDOMAIN: u8 = 3;
-pub const NOTIMP: u8 = 4;
-pub const REFUSED: u8 = 5;
+pub type Records = BTreeMap<String, Vec<IpAddr>>;
 
 /// One DNS label made RFC 1123-safe, as Mesos-DNS does: lowercase; dots,
 /// underscores and other characters become hyphens; no hyphen at the ends.
@@ -53,7 +47,7 @@ pub fn label(s: &str) -> String {
 
 /// The records for a master state (`/master/state.json`), running tasks only.
 pub fn records_from_state(state: &Value) -> Records {
-    let mut agent_ip: BTreeMap<&str, Ipv4Addr> = BTreeMap::new();
+    let mut agent_ip: BTreeMap<&str, IpAddr> = BTreeMap::new();
     for s in state["slaves"].as_array().into_iter().flatten() {
         let ip = s["pid"]
             .as_str()
@@ -74,13 +68,15 @@ pub fn records_from_state(state: &Value) -> Records {
             if t["state"].as_str() != Some("TASK_RUNNING") {
                 continue;
             }
-            let Some(addr) = netinfo_address(t).or_else(|| {
-                t["slave_id"]
-                    .as_str()
-                    .and_then(|id| agent_ip.get(id).copied())
-            }) else {
+            // The first source that has addresses: netinfo, then the agent.
+            let mut addrs = netinfo_addresses(t);
+            if addrs.is_empty() {
+                let agent = t["slave_id"].as_str().and_then(|id| agent_ip.get(id));
+                addrs.extend(agent.copied());
+            }
+            if addrs.is_empty() {
                 continue;
-            };
+            }
             let name = t["name"].as_str().unwrap_or("");
             let mut names = vec![label(name)];
             if let Some(d) = t["discovery"]["name"].as_str() {
@@ -89,8 +85,10 @@ pub fn records_from_state(state: &Value) -> Records {
             }
             for n in names.into_iter().filter(|n| !n.is_empty()) {
                 let e = out.entry(format!("{n}.{fw_name}.{ZONE}")).or_default();
-                if !e.contains(&addr) {
-                    e.push(addr);
+                for a in &addrs {
+                    if !e.contains(a) {
+                        e.push(*a);
+                    }
                 }
             }
         }
@@ -98,178 +96,153 @@ pub fn records_from_state(state: &Value) -> Records {
     out
 }
 
-/// The first IPv4 address in the latest status that has network infos.
-fn netinfo_address(task: &Value) -> Option<Ipv4Addr> {
-    let statuses = task["statuses"].as_array()?;
-    statuses.iter().rev().find_map(|st| {
-        st["container_status"]["network_infos"]
-            .as_array()?
-            .iter()
-            .flat_map(|ni| ni["ip_addresses"].as_array().cloned().unwrap_or_default())
-            .find_map(|a| a["ip_address"].as_str()?.parse::<Ipv4Addr>().ok())
-    })
+/// The addresses in the latest status that has network infos.
+fn netinfo_addresses(task: &Value) -> Vec<IpAddr> {
+    let statuses = task["statuses"].as_array().into_iter().flatten();
+    statuses
+        .rev()
+        .map(|st| {
+            st["container_status"]["network_infos"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|ni| ni["ip_addresses"].as_array().into_iter().flatten())
+                .filter_map(|a| a["ip_address"].as_str()?.parse::<IpAddr>().ok())
+                .collect::<Vec<_>>()
+        })
+        .find(|addrs| !addrs.is_empty())
+        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------- codec
 
-/// A parsed query.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Query {
-    pub id: u16,
-    pub flags: u16,
-    /// The name as asked, without the trailing dot.
-    pub name: String,
-    pub qtype: u16,
-    pub qclass: u16,
-    /// The question section's bytes, echoed in the reply.
-    question: Vec<u8>,
-}
+/// The zone the agents are authoritative for.
+pub const ZONE: &str = "mesos";
+pub const TTL: u32 = 5;
+/// Replies are kept within a plain (non-EDNS) UDP datagram.
+pub const MAX_REPLY: usize = 512;
 
-/// Parses a query; `Err(Some(id))` for one too broken to answer beyond FORMERR.
-pub fn parse_query(buf: &[u8]) -> Result<Query, Option<u16>> {
-    if buf.len() < 12 {
-        return Err(None);
-    }
-    let id = u16::from_be_bytes([buf[0], buf[1]]);
-    let flags = u16::from_be_bytes([buf[2], buf[3]]);
-    let qdcount = u16::from_be_bytes([buf[4], buf[5]]);
-    if flags & 0x8000 != 0 {
-        return Err(None); // a response: ignore
-    }
-    if qdcount != 1 {
-        return Err(Some(id));
-    }
-    let mut i = 12;
-    let mut labels = Vec::new();
-    loop {
-        let len = *buf.get(i).ok_or(Some(id))? as usize;
-        if len == 0 {
-            i += 1;
-            break;
-        }
-        if len > 63 {
-            return Err(Some(id)); // compression has no place in a question
-        }
-        let l = buf.get(i + 1..i + 1 + len).ok_or(Some(id))?;
-        labels.push(String::from_utf8_lossy(l).into_owned());
-        i += 1 + len;
-        if i > 12 + 255 {
-            return Err(Some(id));
-        }
-    }
-    let tail = buf.get(i..i + 4).ok_or(Some(id))?;
-    let qtype = u16::from_be_bytes([tail[0], tail[1]]);
-    let qclass = u16::from_be_bytes([tail[2], tail[3]]);
-    Ok(Query {
-        id,
-        flags,
-        name: labels.join("."),
-        qtype,
-        qclass,
-        question: buf[12..i + 4].to_vec(),
-    })
-}
+/// Response codes, as numbers (what a resolver's caller compares).
+pub const NOERROR: u8 = 0;
+pub const FORMERR: u8 = 1;
+pub const NXDOMAIN: u8 = 3;
+pub const NOTIMP: u8 = 4;
+pub const REFUSED: u8 = 5;
 
-fn header(id: u16, query_flags: u16, aa: bool, rcode: u8, qd: u16, an: u16) -> Vec<u8> {
-    let opcode = query_flags & 0x7800;
-    let rd = query_flags & 0x0100;
-    let flags = 0x8000 | opcode | if aa { 0x0400 } else { 0 } | rd | rcode as u16;
-    let mut out = Vec::with_capacity(512);
-    for v in [id, flags, qd, an, 0, 0] {
-        out.extend_from_slice(&v.to_be_bytes());
-    }
-    out
-}
-
-/// A reply echoing the question, with A answers.
-pub fn reply(q: &Query, aa: bool, rcode: u8, answers: &[Ipv4Addr]) -> Vec<u8> {
-    let answers = &answers[..answers.len().min(MAX_ANSWERS)];
-    let mut out = header(q.id, q.flags, aa, rcode, 1, answers.len() as u16);
-    out.extend_from_slice(&q.question);
-    for a in answers {
-        out.extend_from_slice(&[0xC0, 0x0C]); // the name: pointer to the question
-        out.extend_from_slice(&TYPE_A.to_be_bytes());
-        out.extend_from_slice(&1u16.to_be_bytes());
-        out.extend_from_slice(&TTL.to_be_bytes());
-        out.extend_from_slice(&4u16.to_be_bytes());
-        out.extend_from_slice(&a.octets());
-    }
-    out
-}
-
-/// The answer to one datagram (None: ignore it).
+/// The answer to one datagram (None: ignore it — too short to carry an id
+/// to answer, or itself a response).
 pub fn answer(buf: &[u8], records: &Records) -> Option<Vec<u8>> {
-    let q = match parse_query(buf) {
-        Ok(q) => q,
-        Err(Some(id)) => return Some(header(id, 0, false, FORMERR, 0, 0)),
-        Err(None) => return None,
-    };
-    if q.flags & 0x7800 != 0 {
-        return Some(reply(&q, false, NOTIMP, &[]));
-    }
-    let name = q.name.trim_end_matches('.').to_ascii_lowercase();
-    let in_zone = name == ZONE || name.ends_with(&format!(".{ZONE}"));
-    if !in_zone || q.qclass != 1 {
-        return Some(reply(&q, false, REFUSED, &[]));
-    }
-    match records.get(&name) {
-        None => Some(reply(&q, true, NXDOMAIN, &[])),
-        Some(addrs) if q.qtype == TYPE_A || q.qtype == TYPE_ANY => {
-            Some(reply(&q, true, NOERROR, addrs))
-        }
-        // The name exists, but has no records of that type.
-        Some(_) => Some(reply(&q, true, NOERROR, &[])),
-    }
-}
-
-/// Builds a query (for tests and the demo's checks).
-pub fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut out = Vec::new();
-    for v in [id, 0x0100, 1, 0, 0, 0] {
-        out.extend_from_slice(&v.to_be_bytes());
-    }
-    for l in name.trim_end_matches('.').split('.') {
-        out.push(l.len() as u8);
-        out.extend_from_slice(l.as_bytes());
-    }
-    out.push(0);
-    out.extend_from_slice(&qtype.to_be_bytes());
-    out.extend_from_slice(&1u16.to_be_bytes());
-    out
-}
-
-/// Reads a reply: (rcode, A addresses).
-pub fn parse_reply(buf: &[u8]) -> Option<(u8, Vec<Ipv4Addr>)> {
-    if buf.len() < 12 {
+    let header = Header::read(&mut BinDecoder::new(buf)).ok()?;
+    let asked = header.metadata;
+    if asked.message_type == MessageType::Response {
         return None;
     }
-    let rcode = buf[3] & 0x0f;
-    let an = u16::from_be_bytes([buf[6], buf[7]]) as usize;
-    let mut i = 12;
-    while *buf.get(i)? != 0 {
-        i += 1 + buf[i] as usize;
+    let query = match Message::from_vec(buf) {
+        Ok(m) => m,
+        Err(_) => return Some(error_reply(&asked, ResponseCode::FormErr)),
+    };
+    if asked.op_code != OpCode::Query {
+        return Some(error_reply(&asked, ResponseCode::NotImp));
     }
-    i += 5;
-    let mut out = Vec::new();
-    for _ in 0..an {
-        i += 2; // name pointer
-        let t = u16::from_be_bytes([*buf.get(i)?, *buf.get(i + 1)?]);
-        let len = u16::from_be_bytes([*buf.get(i + 8)?, *buf.get(i + 9)?]) as usize;
-        let data = buf.get(i + 10..i + 10 + len)?;
-        if t == TYPE_A && len == 4 {
-            out.push(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+    let [q] = query.queries.as_slice() else {
+        return Some(error_reply(&asked, ResponseCode::FormErr));
+    };
+    let mut reply = Message::response(asked.id, OpCode::Query);
+    reply.metadata.recursion_desired = asked.recursion_desired;
+    reply.add_query(q.clone());
+    if query.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(MAX_REPLY as u16);
+        reply.set_edns(edns);
+    }
+    let name = q
+        .name()
+        .to_ascii()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let in_zone = name == ZONE || name.ends_with(&format!(".{ZONE}"));
+    if !in_zone || q.query_class() != DNSClass::IN {
+        // Not ours: refused at once, never forwarded.
+        reply.metadata.response_code = ResponseCode::Refused;
+        return encode(&reply);
+    }
+    reply.metadata.authoritative = true;
+    let Some(addrs) = records.get(&name) else {
+        reply.metadata.response_code = ResponseCode::NXDomain;
+        return encode(&reply);
+    };
+    // The name exists; a type it has no records of gets an empty NOERROR.
+    let wanted = |a: &IpAddr| match q.query_type() {
+        RecordType::A => a.is_ipv4(),
+        RecordType::AAAA => a.is_ipv6(),
+        RecordType::ANY => true,
+        _ => false,
+    };
+    for a in addrs.iter().filter(|a| wanted(a)) {
+        let data = match a {
+            IpAddr::V4(v4) => RData::A(A(*v4)),
+            IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+        };
+        reply.add_answer(Record::from_rdata(q.name().clone(), TTL, data));
+    }
+    // As many answers as fit in one datagram (a resolver asking again over
+    // TCP would find no one there).
+    loop {
+        let out = reply.to_vec().ok()?;
+        if out.len() <= MAX_REPLY || reply.answers.is_empty() {
+            return Some(out);
         }
-        i += 10 + len;
+        reply.answers.pop();
     }
-    Some((rcode, out))
+}
+
+/// A reply that only echoes the header: for queries too broken (or too
+/// strange) to answer.
+fn error_reply(asked: &Metadata, code: ResponseCode) -> Vec<u8> {
+    let mut reply = Message::error_msg(asked.id, asked.op_code, code);
+    reply.metadata.recursion_desired = asked.recursion_desired;
+    encode(&reply).unwrap_or_default()
+}
+
+fn encode(m: &Message) -> Option<Vec<u8>> {
+    m.to_vec().ok()
+}
+
+/// Builds a query (for the demo's checks and the tests).
+pub fn query(id: u16, name: &str, qtype: RecordType) -> Result<Vec<u8>, String> {
+    let name = Name::from_ascii(name).map_err(|e| format!("{name:?} is not a DNS name: {e}"))?;
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(name, qtype));
+    m.to_vec().map_err(|e| e.to_string())
+}
+
+/// Reads a reply: its id, rcode and addresses (A and AAAA answers).
+pub fn parse_reply(buf: &[u8]) -> Option<(u16, u8, Vec<IpAddr>)> {
+    let m = Message::from_vec(buf).ok()?;
+    if m.metadata.message_type != MessageType::Response {
+        return None;
+    }
+    let addrs = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    Some((m.metadata.id, m.metadata.response_code.low(), addrs))
 }
 
 // ---------------------------------------------------------------- server
 
-/// Serves `records` on UDP `addr` on its own thread.
-pub fn serve(addr: SocketAddr, records: Arc<RwLock<Records>>) -> Result<(), String> {
+/// Serves `records` on UDP `addr` on its own thread; returns the address it
+/// listens on (port 0 in `addr`: the one the system chose).
+pub fn serve(addr: SocketAddr, records: Arc<RwLock<Records>>) -> Result<SocketAddr, String> {
     let sock =
         UdpSocket::bind(addr).map_err(|e| format!("cannot listen for DNS on {addr}: {e}"))?;
+    let bound = sock.local_addr().map_err(|e| e.to_string())?;
     thread::Builder::new()
         .name("dns".into())
         .spawn(move || {
@@ -288,7 +261,7 @@ pub fn serve(addr: SocketAddr, records: Arc<RwLock<Records>>) -> Result<(), Stri
             }
         })
         .map_err(|e| e.to_string())?;
-    Ok(())
+    Ok(bound)
 }
 
 /// Keeps `records` current from the master's state, long-polling
@@ -313,23 +286,54 @@ pub fn follow(master_url: String, records: Arc<RwLock<Records>>) {
         });
 }
 
-/// Asks `server` for `name` (A), within `timeout`.
+/// Asks `server` for the A records of `name`, within `timeout`: (rcode,
+/// addresses).
 pub fn resolve(
     server: SocketAddr,
     name: &str,
     timeout: Duration,
-) -> Result<(u8, Vec<Ipv4Addr>), String> {
-    let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-    sock.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let id = (std::process::id() & 0xffff) as u16;
-    sock.send_to(&query(id, name, TYPE_A), server)
-        .map_err(|e| e.to_string())?;
+) -> Result<(u8, Vec<IpAddr>), String> {
+    resolve_type(server, name, RecordType::A, timeout)
+}
+
+/// Asks `server` for `name` with type `qtype`, within `timeout`.
+pub fn resolve_type(
+    server: SocketAddr,
+    name: &str,
+    qtype: RecordType,
+    timeout: Duration,
+) -> Result<(u8, Vec<IpAddr>), String> {
+    let local: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(local).map_err(|e| e.to_string())?;
+    let id = u16::from_str_radix(&crate::util::random_hex(2), 16).unwrap_or(0);
+    sock.send_to(&query(id, name, qtype)?, server)
+        .map_err(|e| format!("cannot ask {server}: {e}"))?;
+    let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 1500];
-    let (n, _) = sock
-        .recv_from(&mut buf)
-        .map_err(|e| format!("no DNS answer from {server}: {e}"))?;
-    parse_reply(&buf[..n]).ok_or_else(|| "unreadable DNS answer".into())
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no DNS answer from {server} within {timeout:?}"));
+        }
+        sock.set_read_timeout(Some(left))
+            .map_err(|e| e.to_string())?;
+        let (n, from) = sock
+            .recv_from(&mut buf)
+            .map_err(|e| format!("no DNS answer from {server}: {e}"))?;
+        // Anything else (another sender, a stale id) is not our answer.
+        if from != server {
+            continue;
+        }
+        match parse_reply(&buf[..n]) {
+            Some((got, rcode, addrs)) if got == id => return Ok((rcode, addrs)),
+            Some(_) => continue,
+            None => return Err(format!("unreadable DNS answer from {server}")),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -345,18 +349,39 @@ mod tests {
                  "discovery": {"name": "probe-b.star"},
                  "statuses": [{"state": "TASK_STAGING"}, {"state": "TASK_RUNNING", "container_status":
                     {"network_infos": [{"ip_addresses": [{"ip_address": "192.168.0.5", "protocol": "IPv4"}]}]}}]},
+                {"name": "probe-e.star", "state": "TASK_RUNNING", "slave_id": "S1",
+                 "discovery": {"name": "probe-e.star"},
+                 "statuses": [{"state": "TASK_RUNNING", "container_status":
+                    {"network_infos": [{"ip_addresses": [
+                        {"ip_address": "192.168.0.6", "protocol": "IPv4"},
+                        {"ip_address": "fd00::6", "protocol": "IPv6"}]}]}}]},
                 {"name": "probe-a.star_before", "state": "TASK_RUNNING", "slave_id": "S1", "statuses": []},
                 {"name": "probe-c.star", "state": "TASK_STAGING", "slave_id": "S1", "statuses": []}
             ]}]
         })
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Asks through the codec: (rcode, addresses).
+    fn ask(r: &Records, name: &str, t: RecordType) -> (u8, Vec<IpAddr>) {
+        let out = answer(&query(7, name, t).unwrap(), r).unwrap();
+        let (id, rcode, addrs) = parse_reply(&out).unwrap();
+        assert_eq!(id, 7);
+        (rcode, addrs)
+    }
+
     #[test]
     fn records_follow_mesos_dns() {
         let r = records_from_state(&state());
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         assert_eq!(r["probe-b-star.marathon.mesos"], vec![ip("192.168.0.5")]);
         assert_eq!(r["probe-b.star.marathon.mesos"], vec![ip("192.168.0.5")]);
+        assert_eq!(
+            r["probe-e.star.marathon.mesos"],
+            vec![ip("192.168.0.6"), ip("fd00::6")]
+        );
         assert_eq!(
             r["probe-a-star-before.marathon.mesos"],
             vec![ip("10.234.0.11")]
@@ -365,40 +390,135 @@ mod tests {
             !r.contains_key("probe-c-star.marathon.mesos"),
             "not running"
         );
-        assert_eq!(r.len(), 3);
+        assert_eq!(r.len(), 5);
     }
 
     #[test]
     fn answers() {
         let r = records_from_state(&state());
-        let ask =
-            |name: &str, t: u16| parse_reply(&answer(&query(7, name, t), &r).unwrap()).unwrap();
+        // Both name forms, any case, with or without the final dot.
         assert_eq!(
-            ask("probe-b.star.marathon.mesos", TYPE_A),
-            (NOERROR, vec!["192.168.0.5".parse().unwrap()])
+            ask(&r, "probe-b.star.marathon.mesos", RecordType::A),
+            (NOERROR, vec![ip("192.168.0.5")])
         );
-        assert_eq!(ask("PROBE-B-STAR.marathon.mesos.", TYPE_A).1.len(), 1);
         assert_eq!(
-            ask("probe-b.star.marathon.mesos", TYPE_AAAA),
+            ask(&r, "PROBE-B-STAR.marathon.mesos.", RecordType::A),
+            (NOERROR, vec![ip("192.168.0.5")])
+        );
+        // AAAA when the task has an IPv6 address; an empty NOERROR otherwise.
+        assert_eq!(
+            ask(&r, "probe-e-star.marathon.mesos", RecordType::AAAA),
+            (NOERROR, vec![ip("fd00::6")])
+        );
+        assert_eq!(
+            ask(&r, "probe-e.star.marathon.mesos", RecordType::A),
+            (NOERROR, vec![ip("192.168.0.6")])
+        );
+        assert_eq!(
+            ask(&r, "probe-b.star.marathon.mesos", RecordType::AAAA),
             (NOERROR, vec![])
         );
-        assert_eq!(ask("nope.marathon.mesos", TYPE_A).0, NXDOMAIN);
-        assert_eq!(ask("example.com", TYPE_A).0, REFUSED);
-        assert_eq!(ask("mesos.example.com", TYPE_A).0, REFUSED);
-        // Echoes the id and the question; AA set for the zone.
-        let raw = answer(&query(0xBEEF, "nope.marathon.mesos", TYPE_A), &r).unwrap();
-        assert_eq!(&raw[0..2], &[0xBE, 0xEF]);
-        assert_eq!(raw[2] & 0x84, 0x84);
-        // Broken input.
-        assert!(answer(&[1, 2, 3], &r).is_none());
-        let mut two = query(1, "a.mesos", TYPE_A);
+        assert_eq!(
+            ask(&r, "probe-b.star.marathon.mesos", RecordType::MX),
+            (NOERROR, vec![])
+        );
+        // Unknown in the zone; outside it; a look-alike outside it.
+        assert_eq!(ask(&r, "nope.marathon.mesos", RecordType::A).0, NXDOMAIN);
+        assert_eq!(ask(&r, "example.com", RecordType::A).0, REFUSED);
+        assert_eq!(ask(&r, "mesos.example.com", RecordType::A).0, REFUSED);
+        assert_eq!(ask(&r, "xmesos", RecordType::A).0, REFUSED);
+        // The reply echoes the id and the question; AA set in the zone only.
+        let raw = answer(
+            &query(0xBEEF, "nope.marathon.mesos", RecordType::A).unwrap(),
+            &r,
+        )
+        .unwrap();
+        let m = Message::from_vec(&raw).unwrap();
+        assert_eq!(m.metadata.id, 0xBEEF);
+        assert!(m.metadata.authoritative && m.metadata.recursion_desired);
+        assert_eq!(m.queries[0].name().to_ascii(), "nope.marathon.mesos.");
+        let raw = answer(&query(1, "example.com", RecordType::A).unwrap(), &r).unwrap();
+        assert!(!Message::from_vec(&raw).unwrap().metadata.authoritative);
+    }
+
+    #[test]
+    fn malformed_packets_get_formerr_or_nothing_and_never_a_panic() {
+        let r = records_from_state(&state());
+        let good = query(0x1234, "probe-b.star.marathon.mesos", RecordType::A).unwrap();
+        let rcode = |out: Option<Vec<u8>>| -> Option<(u16, u8)> {
+            let m = Message::from_vec(&out?).expect("every reply decodes");
+            Some((m.metadata.id, m.metadata.response_code.low()))
+        };
+        // Too short for a header: no id to answer to.
+        for n in 0..12 {
+            assert_eq!(answer(&good[..n], &r), None, "{n} bytes");
+        }
+        // Every cut of the question: FORMERR, with the query's id.
+        for n in 12..good.len() {
+            assert_eq!(
+                rcode(answer(&good[..n], &r)),
+                Some((0x1234, FORMERR)),
+                "{n} bytes"
+            );
+        }
+        // Two questions, no question.
+        let mut two = good.clone();
         two[5] = 2;
-        assert_eq!(answer(&two, &r).unwrap()[3] & 0x0f, FORMERR);
-        let truncated = &query(1, "a.mesos", TYPE_A)[..14];
-        assert_eq!(answer(truncated, &r).unwrap()[3] & 0x0f, FORMERR);
-        let mut iquery = query(1, "a.mesos", TYPE_A);
+        two.extend_from_slice(&good[12..]);
+        assert_eq!(rcode(answer(&two, &r)), Some((0x1234, FORMERR)));
+        let mut none = good[..12].to_vec();
+        none[5] = 0;
+        assert_eq!(rcode(answer(&none, &r)), Some((0x1234, FORMERR)));
+        // A question count the packet cannot hold.
+        let mut many = good.clone();
+        many[4] = 0xff;
+        many[5] = 0xff;
+        assert_eq!(rcode(answer(&many, &r)), Some((0x1234, FORMERR)));
+        // A label longer than 63, a name pointer to itself, a pointer forward.
+        let mut long = good[..12].to_vec();
+        long.push(64);
+        long.extend_from_slice(&[b'a'; 64]);
+        long.extend_from_slice(&[0, 0, 1, 0, 1]);
+        assert_eq!(rcode(answer(&long, &r)), Some((0x1234, FORMERR)));
+        let mut self_ptr = good[..12].to_vec();
+        self_ptr.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
+        assert_eq!(rcode(answer(&self_ptr, &r)), Some((0x1234, FORMERR)));
+        let mut fwd_ptr = good[..12].to_vec();
+        fwd_ptr.extend_from_slice(&[0xC0, 40, 0, 1, 0, 1]);
+        assert_eq!(rcode(answer(&fwd_ptr, &r)), Some((0x1234, FORMERR)));
+        // A response is never answered (no reflection loops).
+        let mut response = good.clone();
+        response[2] |= 0x80;
+        assert_eq!(answer(&response, &r), None);
+        // Another opcode (an inverse query): NOTIMP.
+        let mut iquery = good.clone();
         iquery[2] |= 0x08;
-        assert_eq!(answer(&iquery, &r).unwrap()[3] & 0x0f, NOTIMP);
+        assert_eq!(rcode(answer(&iquery, &r)), Some((0x1234, NOTIMP)));
+        // Garbage: whatever comes back is a well-formed reply.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for i in 0..5000 {
+            let len = i % 80;
+            let pkt: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            if let Some(out) = answer(&pkt, &r) {
+                assert!(out.len() <= MAX_REPLY);
+                let m = Message::from_vec(&out).expect("a reply that decodes");
+                assert_eq!(m.metadata.message_type, MessageType::Response);
+            }
+            // The question with random bytes flipped.
+            let mut flipped = good.clone();
+            let at = 2 + (seed as usize) % (flipped.len() - 2);
+            flipped[at] ^= (seed >> 8) as u8 | 1;
+            if let Some(out) = answer(&flipped, &r) {
+                Message::from_vec(&out).expect("a reply that decodes");
+            }
+        }
     }
 
     #[test]
@@ -406,11 +526,44 @@ mod tests {
         let mut r = Records::new();
         r.insert(
             "x.marathon.mesos".into(),
-            (0..60).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect(),
+            (0..60)
+                .map(|i| IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)))
+                .chain(
+                    (0..60)
+                        .map(|i| IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i))),
+                )
+                .collect(),
         );
-        let out = answer(&query(1, "x.marathon.mesos", TYPE_A), &r).unwrap();
-        assert!(out.len() <= 512, "{}", out.len());
-        assert_eq!(parse_reply(&out).unwrap().1.len(), MAX_ANSWERS);
+        for t in [RecordType::A, RecordType::AAAA] {
+            let out = answer(&query(1, "x.marathon.mesos", t).unwrap(), &r).unwrap();
+            assert!(out.len() <= MAX_REPLY, "{}", out.len());
+            let (_, rcode, addrs) = parse_reply(&out).unwrap();
+            assert_eq!(rcode, NOERROR);
+            assert!(addrs.len() >= 10, "{t}: {}", addrs.len());
+            // As many as fit: one more would not.
+            let mut m = Message::from_vec(&out).unwrap();
+            let extra = m.answers[0].clone();
+            m.add_answer(extra);
+            assert!(m.to_vec().unwrap().len() > MAX_REPLY, "{t}");
+        }
+    }
+
+    #[test]
+    fn a_server_answers_over_udp() {
+        let records = Arc::new(RwLock::new(records_from_state(&state())));
+        let addr = serve("127.0.0.1:0".parse().unwrap(), records).unwrap();
+        assert_ne!(addr.port(), 0);
+        let t = Duration::from_secs(5);
+        assert_eq!(
+            resolve(addr, "probe-b.star.marathon.mesos", t).unwrap(),
+            (NOERROR, vec![ip("192.168.0.5")])
+        );
+        assert_eq!(
+            resolve_type(addr, "probe-e.star.marathon.mesos", RecordType::AAAA, t).unwrap(),
+            (NOERROR, vec![ip("fd00::6")])
+        );
+        assert_eq!(resolve(addr, "example.com", t).unwrap().0, REFUSED);
+        assert!(resolve(addr, "bad..name", t).is_err());
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! The fabric: a bridge `nmlab-br0` in the machine's namespace, one namespace
-//! `nmlab-agent-N` per agent host joined to it by a veth, and (with the
-//! isolator) the pool routed from the machine into the fabric via agent 1.
+//! The fabric: a bridge `<lab>-br0` in the machine's namespace, one namespace
+//! `<lab>-agent-N` per agent host joined to it by a veth `<lab>-vN`, and (with
+//! the isolator) the pool routed from the machine into the fabric via agent 1.
 //!
 //! Everything here goes through the `ip` command: the lab is a harness, and
-//! only netmod's own dataplane talks netlink. Every object carries the
-//! `nmlab-` prefix so `lab down` finds its own and only its own.
+//! only netmod's own dataplane talks netlink. Every object carries its
+//! instance's name (see [`Instance`]) so `lab down` finds its own and only
+//! its own.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -12,7 +13,7 @@ use std::process::Command;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-use crate::config::{AgentHost, LabConfig, BRIDGE, HOST_IF, PREFIX};
+use crate::config::{AgentHost, Instance, LabConfig, HOST_IF};
 use crate::error::{fail, Context, LabError};
 
 /// Runs `ip ARGS`, returning stdout; the error carries ip's own message.
@@ -121,7 +122,11 @@ pub fn check_ranges(
 
 /// The fabric's addresses: the bridge takes the first host address, agent N
 /// takes the 10+N-th.
-pub fn plan(fabric: &Ipv4Net, agents: u32) -> Result<(Ipv4Addr, Vec<AgentHost>), LabError> {
+pub fn plan(
+    lab: &Instance,
+    fabric: &Ipv4Net,
+    agents: u32,
+) -> Result<(Ipv4Addr, Vec<AgentHost>), LabError> {
     if fabric.prefix_len() > 26 {
         return fail(format!(
             "the fabric {fabric} is too small (use a /26 or larger)"
@@ -136,33 +141,64 @@ pub fn plan(fabric: &Ipv4Net, agents: u32) -> Result<(Ipv4Addr, Vec<AgentHost>),
     let hosts = (1..=agents)
         .map(|i| AgentHost {
             index: i,
-            name: format!("{PREFIX}agent-{i}"),
+            name: lab.agent_ns(i),
             ip: Ipv4Addr::from(base + 10 + i),
-            root_veth: format!("{PREFIX}v{i}"),
+            root_veth: lab.agent_veth(i),
         })
         .collect();
     Ok((bridge_ip, hosts))
 }
-
-/// The namespace of the lab's etcd (with `lab up --store etcd`).
-pub const ETCD_NS: &str = "nmlab-etcd";
 
 /// The etcd server's own address on the fabric, below the agents'.
 pub fn etcd_ip(fabric: &Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(fabric.network()) + 5)
 }
 
+/// Refuses to build over anything that already carries one of the names
+/// the lab is about to create, whoever made it.
+pub fn check_free(namespaces: &[String], links: &[String]) -> Result<(), LabError> {
+    let have_ns: Vec<String> = ip_json(&["-j", "netns", "list"])?
+        .iter()
+        .filter_map(|n| n["name"].as_str().map(str::to_string))
+        .collect();
+    let have_links: Vec<String> = ip_json(&["-j", "link", "show"])?
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .collect();
+    let taken: Vec<String> = namespaces
+        .iter()
+        .filter(|n| have_ns.contains(n))
+        .map(|n| format!("namespace {n}"))
+        .chain(
+            links
+                .iter()
+                .filter(|l| have_links.contains(l))
+                .map(|l| format!("link {l}")),
+        )
+        .collect();
+    if !taken.is_empty() {
+        return fail(format!(
+            "{} already exist(s) on this machine; the lab will not take them over \
+             (another lab? see `netmod lab --name ... status`)",
+            taken.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// A namespace on the fabric for a lab service (not an agent host).
-pub fn create_service_host(ns: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), LabError> {
-    let veth = format!(
-        "{PREFIX}s{}",
-        &ns[PREFIX.len()..].chars().take(8).collect::<String>()
-    );
+pub fn create_service_host(
+    cfg: &LabConfig,
+    ns: &str,
+    veth: &str,
+    addr: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), LabError> {
     ip(&["netns", "add", ns])?;
     ip(&[
-        "link", "add", &veth, "type", "veth", "peer", "name", HOST_IF, "netns", ns,
+        "link", "add", veth, "type", "veth", "peer", "name", HOST_IF, "netns", ns,
     ])?;
-    ip(&["link", "set", &veth, "master", BRIDGE, "up"])?;
+    ip(&["link", "set", veth, "master", &cfg.bridge, "up"])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     ip(&[
         "-n",
@@ -181,9 +217,10 @@ pub fn create_service_host(ns: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), L
 pub fn create(cfg: &LabConfig) -> Result<(), LabError> {
     let prefix = cfg.fabric.parse::<Ipv4Net>().expect("checked").prefix_len();
     let bridge_addr = format!("{}/{prefix}", cfg.bridge_ip);
-    ip(&["link", "add", BRIDGE, "type", "bridge"])?;
-    ip(&["addr", "add", &bridge_addr, "dev", BRIDGE])?;
-    ip(&["link", "set", BRIDGE, "up"])?;
+    let bridge = cfg.bridge.as_str();
+    ip(&["link", "add", bridge, "type", "bridge"])?;
+    ip(&["addr", "add", &bridge_addr, "dev", bridge])?;
+    ip(&["link", "set", bridge, "up"])?;
     for a in &cfg.agents {
         let ns = a.name.as_str();
         let addr = format!("{}/{prefix}", a.ip);
@@ -201,7 +238,7 @@ pub fn create(cfg: &LabConfig) -> Result<(), LabError> {
             "netns",
             ns,
         ])?;
-        ip(&["link", "set", &a.root_veth, "master", BRIDGE, "up"])?;
+        ip(&["link", "set", &a.root_veth, "master", bridge, "up"])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         ip(&["-n", ns, "addr", "add", &addr, "dev", HOST_IF])?;
         ip(&["-n", ns, "link", "set", HOST_IF, "up"])?;
@@ -240,7 +277,7 @@ pub fn route_pool(cfg: &LabConfig) -> Result<(), LabError> {
         "via",
         &first.ip.to_string(),
         "dev",
-        BRIDGE,
+        &cfg.bridge,
     ])?;
     Ok(())
 }
@@ -259,50 +296,47 @@ impl Present {
     }
 }
 
-/// Finds the lab's objects by name: namespaces and links named `nmlab-*`,
-/// routes through an `nmlab-*` link, and `pool` routes if given.
-pub fn present(pool: Option<&str>) -> Result<Present, LabError> {
+/// Finds an instance's objects by name: its namespaces and its links in the
+/// machine's namespace, and every route through one of those links (the
+/// pool route among them).
+pub fn present(lab: &Instance) -> Result<Present, LabError> {
     let mut p = Present::default();
     for ns in ip_json(&["-j", "netns", "list"])? {
         if let Some(name) = ns["name"].as_str() {
-            if name.starts_with(PREFIX) {
+            if lab.owns_netns(name) {
                 p.namespaces.push(name.to_string());
             }
         }
     }
     for l in ip_json(&["-j", "link", "show"])? {
         if let Some(name) = l["ifname"].as_str() {
-            if name.starts_with(PREFIX) {
+            if lab.owns_link(name) {
                 p.links.push(name.to_string());
             }
         }
     }
     for r in ip_json(&["-4", "-j", "route", "show", "table", "all"])? {
-        let dst = r["dst"].as_str().unwrap_or("");
-        let ours_dev = r["dev"].as_str().is_some_and(|d| d.starts_with(PREFIX));
-        let ours_dst = pool.is_some_and(|p| p == dst);
-        if ours_dev || ours_dst {
+        let dev = r["dev"].as_str().unwrap_or("");
+        if lab.owns_link(dev) {
+            let dst = r["dst"].as_str().unwrap_or("");
             let table = r["table"].as_str().unwrap_or("main");
-            p.routes.push(format!(
-                "{dst} dev {} table {table}",
-                r["dev"].as_str().unwrap_or("?")
-            ));
+            p.routes.push(format!("{dst} dev {dev} table {table}"));
         }
     }
     Ok(p)
 }
 
-/// Removes the lab's kernel objects, best effort: every failure is reported,
-/// "already gone" is not a failure.
-pub fn destroy(pool: Option<&str>) -> Vec<String> {
+/// Removes an instance's kernel objects, best effort: every failure is
+/// reported, "already gone" is not a failure.
+pub fn destroy(lab: &Instance, pool: Option<&str>) -> Vec<String> {
     let mut errors = Vec::new();
     if let Some(pool) = pool {
         // Goes with the bridge too; removed first so no packet to the pool
         // can ever take the machine's default route meanwhile (there is none
         // left to take: the route is gone only once the bridge is).
-        let _ = ip(&["route", "del", pool, "dev", BRIDGE]);
+        let _ = ip(&["route", "del", pool, "dev", &lab.bridge()]);
     }
-    let found = match present(pool) {
+    let found = match present(lab) {
         Ok(p) => p,
         Err(e) => {
             errors.push(e.to_string());
@@ -315,8 +349,9 @@ pub fn destroy(pool: Option<&str>) -> Vec<String> {
         }
     }
     // Root-side veths go with their namespace side; the bridge last.
-    let mut links = present(pool).map(|p| p.links).unwrap_or(found.links);
-    links.sort_by_key(|l| l == BRIDGE);
+    let bridge = lab.bridge();
+    let mut links = present(lab).map(|p| p.links).unwrap_or(found.links);
+    links.sort_by_key(|l| *l == bridge);
     for link in links {
         if let Err(e) = ip(&["link", "del", &link]) {
             if !e.to_string().contains("Cannot find device") {
@@ -358,12 +393,19 @@ mod tests {
 
     #[test]
     fn fabric_plan() {
-        let (br, agents) = plan(&"10.234.0.0/24".parse().unwrap(), 2).unwrap();
+        let lab = Instance::default_instance();
+        let (br, agents) = plan(&lab, &"10.234.0.0/24".parse().unwrap(), 2).unwrap();
         assert_eq!(br.to_string(), "10.234.0.1");
         assert_eq!(agents[1].ip.to_string(), "10.234.0.12");
         assert_eq!(agents[1].name, "nmlab-agent-2");
         assert_eq!(agents[0].root_veth, "nmlab-v1");
-        assert!(plan(&"10.234.0.0/24".parse().unwrap(), 0).is_err());
-        assert!(plan(&"10.234.0.0/28".parse().unwrap(), 1).is_err());
+        assert!(plan(&lab, &"10.234.0.0/24".parse().unwrap(), 0).is_err());
+        assert!(plan(&lab, &"10.234.0.0/28".parse().unwrap(), 1).is_err());
+        let other = Instance::new("t1").unwrap();
+        let (_, agents) = plan(&other, &"10.234.7.0/24".parse().unwrap(), 1).unwrap();
+        assert_eq!(
+            (agents[0].name.as_str(), agents[0].root_veth.as_str()),
+            ("t1-agent-1", "t1-v1")
+        );
     }
 }

@@ -1,17 +1,21 @@
-//! HTTP for the lab: a tiny client (IP-literal URLs only: the lab never
-//! resolves names for its own traffic) and the server side shared by the
-//! master and the agents (a plain handler: request → [`Reply`]).
+//! HTTP for the lab: a client (`ureq`, IP-literal URLs only: the lab never
+//! resolves names for its own traffic, uses no proxy and follows no
+//! redirect) and the server side shared by the master and the agents (a
+//! plain handler: request → [`Reply`], served by `tiny_http`).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 /// Largest request body the servers accept.
 pub const MAX_BODY: u64 = 4 << 20;
+/// Largest response body the client reads (the master's state with many
+/// tasks is the biggest thing it fetches).
+pub const MAX_RESPONSE: u64 = 64 << 20;
 
 // ---------------------------------------------------------------- client
 
@@ -31,128 +35,94 @@ impl Response {
     }
 }
 
-/// Splits `http://IP:PORT/path` into the socket address and the path.
+/// Checks `http://IP[:PORT]/path`: the host must be an IP address (the lab
+/// never resolves names); returns the socket address and the path.
 pub fn parse_url(url: &str) -> Result<(SocketAddr, String), String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("{url}: only http:// URLs"))?;
-    let (hostport, path) = match rest.find('/') {
+    let (hostport, path) = match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('?') => (&rest[..i], format!("/{}", &rest[i..])),
         Some(i) => (&rest[..i], rest[i..].to_string()),
         None => (rest, "/".to_string()),
     };
-    let addr = if hostport.contains(':') {
-        hostport.parse::<SocketAddr>()
-    } else {
-        format!("{hostport}:80").parse::<SocketAddr>()
-    }
-    .map_err(|_| format!("{url}: the host must be an IP address"))?;
+    let addr = hostport
+        .parse::<SocketAddr>()
+        .or_else(|_| {
+            // No port: 80. An IPv6 literal without a port is bracketed.
+            let host = hostport.trim_start_matches('[').trim_end_matches(']');
+            host.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 80))
+        })
+        .map_err(|_| format!("{url}: the host must be an IP address"))?;
     Ok((addr, path))
 }
 
-/// One request with `Connection: close`; the whole exchange within `timeout`.
+/// The lab's one HTTP agent: no proxy (whatever the environment says), no
+/// redirects, statuses returned rather than raised, connections kept alive.
+fn agent() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .proxy(None)
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .user_agent("netmod-lab")
+            .build()
+            .into()
+    })
+}
+
+/// One request; the whole exchange, body included, within `timeout`.
 pub fn request(
     method: &str,
     url: &str,
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<Response, String> {
-    let (addr, path) = parse_url(url)?;
-    let deadline = Instant::now() + timeout;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(3)))
-        .map_err(|e| format!("{method} {url}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n"
-    );
-    if let Some(b) = body {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    head.push_str("\r\n");
-    let io = |e: std::io::Error| format!("{method} {url}: {e}");
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    stream.write_all(head.as_bytes()).map_err(io)?;
-    if let Some(b) = body {
-        stream.write_all(b).map_err(io)?;
-    }
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!(
-                "{method} {url}: no complete answer within {timeout:?}"
-            ));
+    let fail = |e: &dyn std::fmt::Display| format!("{method} {url}: {e}");
+    parse_url(url)?;
+    let builder = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("Accept", "application/json");
+    let agent = agent();
+    let result = match body {
+        Some(b) => {
+            let req = builder
+                .header("Content-Type", "application/json")
+                .body(b.to_vec())
+                .map_err(|e| fail(&e))?;
+            let req = agent
+                .configure_request(req)
+                .timeout_global(Some(timeout))
+                .build();
+            agent.run(req)
         }
-        stream.set_read_timeout(Some(left)).map_err(io)?;
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io(e)),
+        None => {
+            let req = builder.body(()).map_err(|e| fail(&e))?;
+            let req = agent
+                .configure_request(req)
+                .timeout_global(Some(timeout))
+                .build();
+            agent.run(req)
         }
-    }
-    parse_response(&raw).map_err(|e| format!("{method} {url}: {e}"))
-}
-
-fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("the answer has no complete header")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or("the answer has no status line")?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        if let Some((k, v)) = line.split_once(':') {
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-            if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
-                chunked = true;
-            } else if k == "content-length" {
-                length = v.parse::<usize>().ok();
-            }
-        }
-    }
-    let mut body = raw[end + 4..].to_vec();
-    if chunked {
-        body = dechunk(&body)?;
-    } else if let Some(n) = length {
-        if body.len() < n {
-            return Err(format!("the body ended after {} of {n} bytes", body.len()));
-        }
-        body.truncate(n);
-    }
+    };
+    let mut response = result.map_err(|e| match e {
+        ureq::Error::Timeout(_) => fail(&format_args!("no complete answer within {timeout:?}")),
+        e => fail(&e),
+    })?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_RESPONSE)
+        .read_to_vec()
+        .map_err(|e| match e {
+            ureq::Error::Timeout(_) => fail(&format_args!("no complete answer within {timeout:?}")),
+            e => fail(&e),
+        })?;
     Ok(Response { status, body })
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("bad chunked body")?;
-        let size_text = String::from_utf8_lossy(&data[..eol]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| "bad chunk size")?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size + 2 {
-            return Err("truncated chunk".into());
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
 }
 
 /// GET a URL and parse its JSON body (any 2xx).
@@ -278,12 +248,17 @@ fn percent_decode(s: &str) -> String {
 pub type Handler = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
 
 /// Binds `addr` and answers every request on its own thread (so a long-poll
-/// never blocks the others). Returns once listening.
-pub fn serve(addr: SocketAddr, handler: Handler) -> Result<(), String> {
+/// never blocks the others). Returns once listening, with the address it
+/// listens on (port 0 in `addr`: the one the system chose).
+pub fn serve(addr: SocketAddr, handler: Handler) -> Result<SocketAddr, String> {
     let server =
         tiny_http::Server::http(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| format!("{addr}: not an IP listener"))?;
     thread::Builder::new()
-        .name(format!("http {addr}"))
+        .name(format!("http {bound}"))
         .spawn(move || {
             for mut req in server.incoming_requests() {
                 let handler = handler.clone();
@@ -314,12 +289,14 @@ pub fn serve(addr: SocketAddr, handler: Handler) -> Result<(), String> {
             }
         })
         .map_err(|e| format!("cannot start the server thread: {e}"))?;
-    Ok(())
+    Ok(bound)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
+    use std::sync::Mutex;
 
     #[test]
     fn urls() {
@@ -327,20 +304,91 @@ mod tests {
         assert_eq!(a.to_string(), "127.0.0.1:8080");
         assert_eq!(p, "/v2/apps?x=1");
         assert_eq!(parse_url("http://10.0.0.1").unwrap().1, "/");
+        assert_eq!(parse_url("http://10.0.0.1?a=b").unwrap().1, "/?a=b");
+        assert_eq!(parse_url("http://[::1]:81/x").unwrap().0.port(), 81);
         assert!(parse_url("http://example.com/").is_err());
+        assert!(parse_url("http://localhost:8080/").is_err());
         assert!(parse_url("https://1.2.3.4/").is_err());
     }
 
+    /// A server on a port the system picks, answering with `handler`.
+    fn server(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> String {
+        let addr = serve("127.0.0.1:0".parse().unwrap(), Arc::new(handler)).unwrap();
+        assert_ne!(addr.port(), 0);
+        format!("http://{addr}")
+    }
+
     #[test]
-    fn responses() {
-        let r = parse_response(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}xx").unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (201, &b"{}"[..]));
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    fn the_client_talks_to_the_server() {
+        let base = server(|r| match (r.method.as_str(), r.path.as_str()) {
+            ("GET", "/json") => Reply::json(200, &serde_json::json!({"q": r.param("q")})),
+            ("PUT", "/echo") => Reply::json(201, &serde_json::from_slice(&r.body).unwrap()),
+            ("DELETE", "/gone") => Reply::text(204, ""),
+            _ => Reply::not_found(),
+        });
+        let t = Duration::from_secs(10);
+        assert_eq!(
+            get_json(&format!("{base}/json?q=a%20b"), t).unwrap(),
+            serde_json::json!({"q": "a b"})
+        );
+        let (status, body) = send_json(
+            "PUT",
+            &format!("{base}/echo"),
+            &serde_json::json!([1, 2]),
+            t,
         )
         .unwrap();
-        assert_eq!(r.body, b"abcde");
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
+        assert_eq!((status, body), (201, serde_json::json!([1, 2])));
+        let r = request("DELETE", &format!("{base}/gone"), None, t).unwrap();
+        assert_eq!((r.status, r.body.len()), (204, 0));
+        // Statuses are answers, not errors; get_json wants a 2xx.
+        assert_eq!(
+            request("GET", &format!("{base}/x"), None, t)
+                .unwrap()
+                .status,
+            404
+        );
+        let e = get_json(&format!("{base}/x"), t).unwrap_err();
+        assert!(e.contains("status 404"), "{e}");
+        // Many requests on the kept-alive connections.
+        for i in 0..50 {
+            let v = get_json(&format!("{base}/json?q={i}"), t).unwrap();
+            assert_eq!(v["q"], i.to_string());
+        }
+    }
+
+    #[test]
+    fn a_request_ends_at_its_deadline() {
+        // The handler holds the answer until the test lets it go.
+        let (release, held) = mpsc::channel::<()>();
+        let held = Mutex::new(held);
+        let base = server(move |_| {
+            let _ = held.lock().unwrap().recv();
+            Reply::text(200, "late")
+        });
+        let e = request(
+            "GET",
+            &format!("{base}/slow"),
+            None,
+            Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert!(e.contains("no complete answer within"), "{e}");
+        release.send(()).unwrap();
+    }
+
+    #[test]
+    fn refused_urls_and_connections_are_clear_errors() {
+        let t = Duration::from_secs(5);
+        let e = request("GET", "http://example.com/", None, t).unwrap_err();
+        assert!(e.contains("must be an IP address"), "{e}");
+        // A peer that hangs up without answering.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let rude = thread::spawn(move || drop(listener.accept()));
+        let e = request("GET", &url, None, t).unwrap_err();
+        assert!(e.starts_with(&format!("GET {url}: ")), "{e}");
+        rude.join().unwrap();
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! `netmod lab up`, `status` and `down`.
+//! `netmod lab up`, `status` and `down`, for one instance (see
+//! [`config::Instance`]).
 //!
-//! `up` checks first (root, tools, binaries, free ports, ranges that overlap
-//! nothing the machine routes), then builds in an order that keeps traffic
-//! safe: fabric, pool route into the fabric, store and pool, master,
-//! `netmod node` and an agent per host. A failure part-way tears down what
-//! was built. `down` finds everything by name and pid file, so it also
-//! cleans up after a crashed or half-built lab.
+//! `up` checks first (root, tools, binaries, free names and ports, ranges
+//! that overlap nothing the machine routes), then builds in an order that
+//! keeps traffic safe: fabric, pool route into the fabric, store and pool,
+//! master (which reports the ports it listens on), `netmod node` and an
+//! agent per host. A failure part-way tears down what was built. `down`
+//! finds everything by name and pid file, so it also cleans up after a
+//! crashed or half-built lab; it touches only its own instance's objects.
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
@@ -17,7 +19,9 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-use crate::config::{self, LabConfig, DEFAULT_FABRIC, DEFAULT_POOL, MARATHON_PORT, MESOS_PORT};
+use crate::config::{
+    self, LabConfig, MasterPorts, DEFAULT_FABRIC, DEFAULT_POOL, MARATHON_PORT, MESOS_PORT,
+};
 use crate::error::{fail, Context, LabError};
 use crate::fabric;
 use crate::http;
@@ -49,6 +53,23 @@ pub struct UpArgs {
     /// Memory (MB) each agent offers.
     #[arg(long, default_value_t = 4096.0)]
     pub agent_mem: f64,
+    /// Marathon's port on 127.0.0.1; 0: the system chooses (`lab status`
+    /// shows it). Default: 8080 for the default lab, 0 for any other.
+    #[arg(long, value_name = "PORT")]
+    pub marathon_port: Option<u16>,
+    /// The Mesos page's port on 127.0.0.1 (and on the bridge, for the
+    /// agents); 0: the system chooses. Default: 5050 for the default lab, 0
+    /// for any other.
+    #[arg(long, value_name = "PORT")]
+    pub mesos_port: Option<u16>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// The lab's config as JSON (names, addresses, the master's ports, the
+    /// store), for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The star binaries the demo runs, next to the netmod executable.
@@ -73,16 +94,44 @@ fn port_free(port: u16) -> bool {
 
 fn lab_exists() -> bool {
     LabConfig::path().exists()
-        || fabric::present(None).is_ok_and(|p| !p.namespaces.is_empty() || !p.links.is_empty())
+        || fabric::present(config::current())
+            .is_ok_and(|p| !p.namespaces.is_empty() || !p.links.is_empty())
+}
+
+/// Marker of the lab's own processes in their command lines (see
+/// [`procs::is_ours`]).
+fn marker(role: &str) -> String {
+    format!("lab --name {} {role}", config::current().name())
+}
+
+/// `netmod-lab lab --name <lab> ROLE ARGS...`: how the lab starts its own processes.
+fn lab_argv(cfg: &LabConfig, role: &str, args: &[&str]) -> Vec<String> {
+    [
+        &cfg.lab_exe.display().to_string(),
+        "lab",
+        "--name",
+        &cfg.name,
+        role,
+    ]
+    .into_iter()
+    .chain(args.iter().copied())
+    .map(str::to_string)
+    .collect()
 }
 
 /// `netmod lab up`.
 pub fn up(args: &UpArgs) -> Result<(), LabError> {
+    let lab = config::current();
     if !util::is_root() {
         return fail("the lab makes network namespaces and routes: run it as root");
     }
     if lab_exists() {
-        return fail("a lab is already up (see `netmod lab status`); run `netmod lab down` first");
+        return fail(format!(
+            "the lab {:?} is already up (see `netmod lab --name {} status`); run `netmod lab --name {} down` first",
+            lab.name(),
+            lab.name(),
+            lab.name()
+        ));
     }
     let (lab_exe, netmod) = executables()?;
     let bin_dir = lab_exe.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -95,10 +144,27 @@ pub fn up(args: &UpArgs) -> Result<(), LabError> {
             ));
         }
     }
-    for port in [MARATHON_PORT, MESOS_PORT] {
-        if !port_free(port) {
+    let (default_marathon, default_mesos) = if lab.is_default() {
+        (MARATHON_PORT, MESOS_PORT)
+    } else {
+        (0, 0)
+    };
+    let listen = MasterPorts {
+        marathon: args.marathon_port.unwrap_or(default_marathon),
+        mesos: args.mesos_port.unwrap_or(default_mesos),
+        fabric: args.mesos_port.unwrap_or(default_mesos),
+    };
+    if listen.marathon != 0 && listen.marathon == listen.mesos {
+        return fail(format!(
+            "--marathon-port and --mesos-port are both {}: they need a port each",
+            listen.mesos
+        ));
+    }
+    for port in [listen.marathon, listen.mesos] {
+        if port != 0 && !port_free(port) {
             return fail(format!(
-                "127.0.0.1:{port} is taken by another program; the lab's master needs it"
+                "127.0.0.1:{port} is taken by another program; the lab's master needs it \
+                 (choose another with --marathon-port / --mesos-port, or 0 for any)"
             ));
         }
     }
@@ -117,23 +183,33 @@ pub fn up(args: &UpArgs) -> Result<(), LabError> {
         Some(p.trunc())
     };
     fabric::check_ranges(&fabric::machine_routes()?, &fabric_net, pool.as_ref())?;
-    let (bridge_ip, agents) = fabric::plan(&fabric_net, args.agents)?;
-
-    for dir in [
-        config::run_dir(),
-        config::pid_dir(),
-        config::log_dir(),
-        config::sandbox_root(),
-    ] {
-        fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let star_dir = config::run_dir().join("star");
+    let (bridge_ip, agents) = fabric::plan(lab, &fabric_net, args.agents)?;
     let etcd_ip = (args.store.as_deref() == Some("etcd")).then(|| fabric::etcd_ip(&fabric_net));
     if etcd_ip.is_some() && !Path::new(ETCD_BIN).is_file() {
         return fail(format!(
             "--store etcd needs {ETCD_BIN} (apt-get install etcd-server)"
         ));
     }
+    let mut namespaces: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
+    let mut links: Vec<String> = agents.iter().map(|a| a.root_veth.clone()).collect();
+    links.push(lab.bridge());
+    if etcd_ip.is_some() {
+        namespaces.push(lab.etcd_ns());
+        links.push(lab.etcd_veth());
+    }
+    fabric::check_free(&namespaces, &links)?;
+
+    // Checked: from here on, everything built is torn down on failure.
+    let run_dir = config::run_dir();
+    for dir in [
+        run_dir.clone(),
+        config::pid_dir(),
+        config::log_dir(),
+        config::sandbox_root(),
+    ] {
+        fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let star_dir = run_dir.join("star");
     let (store, store_owned) = match (&args.store, etcd_ip) {
         (_, Some(ip)) => (
             format!("etcd://{ip}:{ETCD_PORT}?prefix=/netmod-lab/"),
@@ -142,9 +218,12 @@ pub fn up(args: &UpArgs) -> Result<(), LabError> {
         (Some(s), None) => (s.clone(), false),
         (None, None) => (config::default_store().display().to_string(), true),
     };
-    let cfg = LabConfig {
+    let mut cfg = LabConfig {
+        name: lab.name().to_string(),
         run_id: util::random_hex(4),
+        run_dir,
         fabric: fabric_net.to_string(),
+        bridge: lab.bridge(),
         bridge_ip,
         agents,
         pool: pool.map(|p| p.to_string()),
@@ -153,13 +232,15 @@ pub fn up(args: &UpArgs) -> Result<(), LabError> {
         store_owned,
         netmod,
         lab_exe,
-        star_dir: star_dir.clone(),
+        star_dir,
         agent_cpus: args.agent_cpus,
         agent_mem: args.agent_mem,
         created_at: unix_now(),
+        listen,
+        ports: None,
     };
-    cfg.save()?;
-    match build(&cfg, &bin_dir, etcd_ip) {
+    let built = cfg.save().and_then(|()| build(&mut cfg, &bin_dir, etcd_ip));
+    match built {
         Ok(()) => {
             print_summary(&cfg);
             Ok(())
@@ -178,30 +259,33 @@ const ETCD_PORT: u16 = 2379;
 
 /// An etcd server in a namespace of its own on the fabric: every host
 /// reaches it over the fabric, nothing is shared through the filesystem.
-fn start_etcd(ip: std::net::Ipv4Addr, prefix: u8) -> Result<(), LabError> {
-    fabric::create_service_host(fabric::ETCD_NS, ip, prefix)?;
+fn start_etcd(cfg: &LabConfig, ip: std::net::Ipv4Addr) -> Result<(), LabError> {
+    let lab = config::current();
+    let ns = lab.etcd_ns();
+    fabric::create_service_host(cfg, &ns, &lab.etcd_veth(), ip, prefix(cfg))?;
     let data = config::run_dir().join("etcd");
     let client = format!("http://{ip}:{ETCD_PORT}");
     let argv: Vec<String> = [
         "ip",
         "netns",
         "exec",
-        fabric::ETCD_NS,
+        &ns,
         ETCD_BIN,
         "--name",
-        "nmlab",
+        lab.name(),
         "--data-dir",
         &data.display().to_string(),
         "--listen-client-urls",
         &client,
         "--advertise-client-urls",
         &client,
+        // Peers on the namespace's own loopback: no other lab's etcd sees it.
         "--listen-peer-urls",
         "http://127.0.0.1:2380",
         "--initial-advertise-peer-urls",
         "http://127.0.0.1:2380",
         "--initial-cluster",
-        "nmlab=http://127.0.0.1:2380",
+        &format!("{}=http://127.0.0.1:2380", lab.name()),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -217,12 +301,12 @@ fn start_etcd(ip: std::net::Ipv4Addr, prefix: u8) -> Result<(), LabError> {
         .is_ok_and(|r| r.status == 200)
     })
     .map_err(|e| LabError::new(format!("{e}\n{}", procs::log_tail("etcd", 10))))?;
-    say(format!("etcd: {client} (namespace {})", fabric::ETCD_NS));
+    say(format!("etcd: {client} (namespace {ns})"));
     Ok(())
 }
 
 fn build(
-    cfg: &LabConfig,
+    cfg: &mut LabConfig,
     bin_dir: &Path,
     etcd_ip: Option<std::net::Ipv4Addr>,
 ) -> Result<(), LabError> {
@@ -243,7 +327,7 @@ fn build(
     }
     say(format!(
         "fabric: bridge {} {}/{}",
-        config::BRIDGE,
+        cfg.bridge,
         cfg.bridge_ip,
         prefix(cfg)
     ));
@@ -255,7 +339,7 @@ fn build(
         ));
     }
     if let Some(ip) = etcd_ip {
-        start_etcd(ip, prefix(cfg))?;
+        start_etcd(cfg, ip)?;
     }
     if let Some(pool) = &cfg.pool {
         // Before any task runs: pool traffic from the machine goes into the
@@ -279,58 +363,46 @@ fn build(
         }
         say(format!("pool: {pool} in the store {}", cfg.store));
     }
+    start_master(cfg)?;
     let exe = cfg.netmod.display().to_string();
-    let lab = cfg.lab_exe.display().to_string();
-    procs::spawn_daemon("master", &[lab.clone(), "lab".into(), "master".into()])?;
-    wait_for("the master", Duration::from_secs(10), || {
-        http::request(
-            "GET",
-            &format!("http://127.0.0.1:{MESOS_PORT}/health"),
-            None,
-            Duration::from_secs(1),
-        )
-        .is_ok_and(|r| r.status == 200)
-    })
-    .map_err(|e| LabError::new(format!("{e}\n{}", procs::log_tail("master", 10))))?;
-    say(format!(
-        "master: Marathon http://127.0.0.1:{MARATHON_PORT}/  Mesos http://127.0.0.1:{MESOS_PORT}/"
-    ));
     for a in &cfg.agents {
-        let in_ns = |argv: &[&str]| -> Vec<String> {
+        let in_ns = |argv: Vec<String>| -> Vec<String> {
             ["ip", "netns", "exec", a.name.as_str()]
-                .iter()
+                .into_iter()
+                .map(str::to_string)
                 .chain(argv)
-                .map(|s| s.to_string())
                 .collect()
         };
         if cfg.isolator {
             let metrics = format!("127.0.0.1:{}", config::NODE_METRICS_PORT);
             let ip = a.ip.to_string();
-            procs::spawn_daemon(
-                &format!("node-{}", a.index),
-                &in_ns(&[
-                    &exe,
-                    "--store",
-                    &cfg.store,
-                    "node",
-                    "--hostname",
-                    &a.name,
-                    "--host-ip",
-                    &ip,
-                    "--metrics-addr",
-                    &metrics,
-                ]),
-            )?;
+            let node: Vec<String> = [
+                exe.as_str(),
+                "--store",
+                &cfg.store,
+                "node",
+                "--hostname",
+                &a.name,
+                "--host-ip",
+                &ip,
+                "--metrics-addr",
+                &metrics,
+            ]
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+            procs::spawn_daemon(&format!("node-{}", a.index), &in_ns(node))?;
         }
         let index = a.index.to_string();
         procs::spawn_daemon(
             &format!("agent-{}", a.index),
-            &in_ns(&[&lab, "lab", "agent", "--index", &index]),
+            &in_ns(lab_argv(cfg, "agent", &["--index", &index])),
         )?;
     }
     let want = cfg.agents.len();
+    let mesos = cfg.mesos_url()?;
     wait_for("the agents to register", Duration::from_secs(15), || {
-        registered_agents() >= want
+        registered_agents(&mesos) >= want
     })
     .map_err(|e| {
         let tails: Vec<String> = cfg
@@ -364,6 +436,35 @@ fn build(
     Ok(())
 }
 
+/// Starts the master, waits until it reports the ports it listens on and
+/// answers there, and records those ports in the lab's config (which the
+/// agents read next).
+fn start_master(cfg: &mut LabConfig) -> Result<(), LabError> {
+    let _ = fs::remove_file(config::master_ports_file());
+    procs::spawn_daemon("master", &lab_argv(cfg, "master", &[]))?;
+    let master_failed =
+        |e: LabError| LabError::new(format!("{e}\n{}", procs::log_tail("master", 10)));
+    let ports = wait_for_value("the master to listen", Duration::from_secs(10), || {
+        let text = fs::read_to_string(config::master_ports_file()).ok()?;
+        serde_json::from_str::<MasterPorts>(&text).ok()
+    })
+    .map_err(master_failed)?;
+    cfg.ports = Some(ports);
+    let health = format!("{}/health", cfg.mesos_url()?);
+    wait_for("the master", Duration::from_secs(10), || {
+        http::request("GET", &health, None, Duration::from_secs(1)).is_ok_and(|r| r.status == 200)
+    })
+    .map_err(master_failed)?;
+    cfg.save()?;
+    say(format!(
+        "master: Marathon {}/  Mesos {}/  (agents: {})",
+        cfg.marathon_url()?,
+        cfg.mesos_url()?,
+        cfg.master_url()?
+    ));
+    Ok(())
+}
+
 fn prefix(cfg: &LabConfig) -> u8 {
     cfg.fabric
         .parse::<Ipv4Net>()
@@ -376,10 +477,18 @@ fn say(line: String) {
 }
 
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Result<(), LabError> {
+    wait_for_value(what, limit, || ok().then_some(()))
+}
+
+fn wait_for_value<T>(
+    what: &str,
+    limit: Duration,
+    mut get: impl FnMut() -> Option<T>,
+) -> Result<T, LabError> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        if ok() {
-            return Ok(());
+        if let Some(v) = get() {
+            return Ok(v);
         }
         thread::sleep(Duration::from_millis(50));
     }
@@ -389,50 +498,76 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Result
     ))
 }
 
-fn master_state() -> Option<Value> {
+fn master_state(mesos: &str) -> Option<Value> {
     http::get_json(
-        &format!("http://127.0.0.1:{MESOS_PORT}/master/state.json"),
+        &format!("{mesos}/master/state.json"),
         Duration::from_secs(2),
     )
     .ok()
 }
 
-fn registered_agents() -> usize {
-    master_state()
+fn registered_agents(mesos: &str) -> usize {
+    master_state(mesos)
         .and_then(|s| s["activated_slaves"].as_u64())
         .unwrap_or(0) as usize
 }
 
 fn print_summary(cfg: &LabConfig) {
+    let url = |u: Result<String, LabError>| u.unwrap_or_else(|e| e.to_string());
+    let name_flag = if config::current().is_default() {
+        String::new()
+    } else {
+        format!("--name {} ", cfg.name)
+    };
     println!(
-        "lab up: {} agent(s){}.\n  Marathon: http://127.0.0.1:{MARATHON_PORT}/\n  Mesos:    http://127.0.0.1:{MESOS_PORT}/\n  `netmod lab status` shows it, `netmod lab down` removes it.",
+        "lab {:?} up: {} agent(s){}.\n  Marathon: {}/\n  Mesos:    {}/\n  `netmod lab {name_flag}status` shows it, `netmod lab {name_flag}down` removes it.",
+        cfg.name,
         cfg.agents.len(),
         if cfg.isolator {
             format!(", tasks with ipAddress get addresses from {}", cfg.pool.as_deref().unwrap_or("?"))
         } else {
             " without the network isolator (host ports only)".into()
-        }
+        },
+        url(cfg.marathon_url()),
+        url(cfg.mesos_url()),
     );
 }
 
 /// `netmod lab status`.
-pub fn status() -> Result<(), LabError> {
+pub fn status(args: &StatusArgs) -> Result<(), LabError> {
+    let lab = config::current();
     let cfg = match LabConfig::load() {
         Ok(c) => c,
-        Err(_) => {
-            let left = fabric::present(None)?;
+        Err(e) => {
+            let left = fabric::present(lab)?;
+            if args.json {
+                return Err(e);
+            }
             if left.is_empty() && procs::recorded().is_empty() {
-                println!("no lab is up");
+                println!("no lab {:?} is up", lab.name());
                 return Ok(());
             }
-            println!("no lab config, but leftovers exist (run `netmod lab down`): {left:?}");
+            println!(
+                "no config for the lab {:?}, but leftovers exist (run `netmod lab --name {} down`): {left:?}",
+                lab.name(),
+                lab.name()
+            );
             return Ok(());
         }
     };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&cfg).expect("plain data")
+        );
+        return Ok(());
+    }
     println!(
-        "lab {} (fabric {} bridge {}, {}, store {})",
+        "lab {} ({}; fabric {} bridge {} {}, {}, store {})",
+        cfg.name,
         cfg.run_id,
         cfg.fabric,
+        cfg.bridge,
         cfg.bridge_ip,
         if cfg.isolator {
             format!(
@@ -445,6 +580,13 @@ pub fn status() -> Result<(), LabError> {
         },
         cfg.store
     );
+    match (cfg.marathon_url(), cfg.mesos_url(), cfg.master_url()) {
+        (Ok(marathon), Ok(mesos), Ok(agents)) => {
+            println!("master:     Marathon {marathon}/  Mesos {mesos}/  (agents: {agents})")
+        }
+        _ => println!("master:     no ports recorded (it never listened)"),
+    }
+    println!("run dir:    {}", cfg.run_dir.display());
     println!("processes:");
     for (name, pid) in procs::recorded() {
         let state = if procs::alive(pid) {
@@ -457,12 +599,13 @@ pub fn status() -> Result<(), LabError> {
             procs::log_file(&name).display()
         );
     }
-    let present = fabric::present(cfg.pool.as_deref())?;
+    let present = fabric::present(lab)?;
     println!("namespaces: {}", present.namespaces.join(" "));
     println!("links:      {}", present.links.join(" "));
     println!("routes:     {}", present.routes.join("; "));
-    match master_state() {
-        None => println!("master: not answering on 127.0.0.1:{MESOS_PORT}"),
+    let state = cfg.mesos_url().ok().and_then(|m| master_state(&m));
+    match state {
+        None => println!("master: not answering"),
         Some(s) => {
             for a in s["slaves"].as_array().into_iter().flatten() {
                 println!(
@@ -500,30 +643,37 @@ pub fn down() -> Result<(), LabError> {
     }
     let left = down_quiet()?;
     if left.is_empty() {
-        println!("lab down: nothing of the lab is left");
+        println!(
+            "lab down: nothing of the lab {:?} is left",
+            config::current().name()
+        );
         Ok(())
     } else {
         fail(format!("lab down left: {}", left.join("; ")))
     }
 }
 
-/// Removes everything; returns what could not be removed.
+/// Removes everything of the current instance; returns what could not be
+/// removed.
 pub fn down_quiet() -> Result<Vec<String>, LabError> {
+    let lab = config::current();
     let cfg = LabConfig::load().ok();
     let pool = cfg.as_ref().and_then(|c| c.pool.clone());
     // The master first, so nothing is relaunched; then the agents, which
     // stop their tasks (release + cleanup each); then netmod node.
-    procs::stop("master", "lab master", Duration::from_secs(3));
+    procs::stop("master", &marker("master"), Duration::from_secs(3));
     let mut agents: Vec<(String, u32)> = procs::recorded()
         .into_iter()
         .filter(|(n, _)| n.starts_with("agent-"))
         .collect();
     agents.sort();
     // All agents at once: each stops its own tasks in parallel.
+    let agent_marker = marker("agent");
     let stoppers: Vec<_> = agents
         .into_iter()
         .map(|(name, _)| {
-            thread::spawn(move || procs::stop(&name, "lab agent", Duration::from_secs(25)))
+            let m = agent_marker.clone();
+            thread::spawn(move || procs::stop(&name, &m, Duration::from_secs(25)))
         })
         .collect();
     for s in stoppers {
@@ -539,7 +689,7 @@ pub fn down_quiet() -> Result<Vec<String>, LabError> {
     for (name, _) in nodes {
         procs::stop(&name, "node", Duration::from_secs(5));
     }
-    let namespaces = fabric::present(pool.as_deref())
+    let namespaces = fabric::present(lab)
         .map(|p| p.namespaces)
         .unwrap_or_default();
     if let Some(cfg) = &cfg {
@@ -559,7 +709,7 @@ pub fn down_quiet() -> Result<Vec<String>, LabError> {
     for ns in &namespaces {
         procs::kill_all(&procs::netns_pids(ns));
     }
-    let mut problems = fabric::destroy(pool.as_deref());
+    let mut problems = fabric::destroy(lab, pool.as_deref());
     // The store, if it is the lab's own.
     if let Some(cfg) = &cfg {
         if cfg.store_owned {
@@ -578,7 +728,7 @@ pub fn down_quiet() -> Result<Vec<String>, LabError> {
     if !tasks.is_empty() {
         problems.push(format!("task processes {tasks:?}"));
     }
-    match fabric::present(pool.as_deref()) {
+    match fabric::present(lab) {
         Ok(p) if !p.is_empty() => problems.push(format!("kernel objects {p:?}")),
         Ok(_) => {}
         Err(e) => problems.push(e.to_string()),

@@ -17,10 +17,8 @@
 //! | agent: task launch through the isolator lifecycle | [`agent`] |
 //! | DNS for `*.marathon.mesos` | [`dns`] |
 //! | `netmod demo` | [`demo`] |
-//! | `netmod lab bench` | [`bench`] |
 
 pub mod agent;
-pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod dns;
@@ -45,8 +43,27 @@ pub use error::LabError;
     about = "The local lab: Mesos + Marathon + Mesos-DNS stand-ins in network namespaces"
 )]
 struct LabCli {
+    #[command(flatten)]
+    instance: InstanceArg,
     #[command(subcommand)]
     cmd: LabCmd,
+}
+
+/// Which lab: several can share a machine, each with its own namespaces,
+/// interfaces, run directory, store and master ports.
+#[derive(clap::Args, Debug, Clone)]
+struct InstanceArg {
+    /// The lab's name: it prefixes every namespace, interface and directory
+    /// the lab makes (default: the demo's lab, `nmlab`, on ports 8080 and 5050).
+    #[arg(long, global = true, env = config::NAME_ENV, default_value = config::DEFAULT_NAME)]
+    name: String,
+}
+
+impl InstanceArg {
+    /// Checks the name and makes it this process's lab.
+    fn select(&self) -> Result<(), LabError> {
+        config::select(config::Instance::new(&self.name)?)
+    }
 }
 
 #[derive(Subcommand)]
@@ -54,7 +71,7 @@ enum LabCmd {
     /// Create the fabric and the agent hosts, start the master, the agents and `netmod node`.
     Up(lab::UpArgs),
     /// Show what the lab has: fabric, processes, agents, tasks.
-    Status,
+    Status(lab::StatusArgs),
     /// Remove everything the lab made: processes, namespaces, links, routes, its store.
     Down,
     /// The master (started by `lab up`; runs in the machine's namespace).
@@ -69,8 +86,6 @@ enum LabCmd {
     /// Holds a task until the agent has isolated it, then execs it (internal).
     #[command(hide = true)]
     TaskShim(agent::shim::ShimArgs),
-    /// Measure the lab and write bench/results/lab.md.
-    Bench(bench::BenchArgs),
 }
 
 /// `netmod lab ARGS...`; returns the exit status.
@@ -82,14 +97,16 @@ pub fn main(args: Vec<String>) -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    if let Err(e) = cli.instance.select() {
+        return report(Err(e));
+    }
     let result = match cli.cmd {
         LabCmd::Up(args) => lab::up(&args),
-        LabCmd::Status => lab::status(),
+        LabCmd::Status(args) => lab::status(&args),
         LabCmd::Down => lab::down(),
         LabCmd::Master => master::run(),
         LabCmd::Agent { index } => agent::run(index),
         LabCmd::TaskShim(args) => agent::shim::run(args),
-        LabCmd::Bench(args) => bench::run(&args),
     };
     report(result)
 }
@@ -100,6 +117,8 @@ pub fn main(args: Vec<String>) -> i32 {
     about = "The seed's demo story, unattended: before, per-task IPs, isolated"
 )]
 struct DemoCli {
+    #[command(flatten)]
+    instance: InstanceArg,
     #[command(flatten)]
     args: demo::DemoArgs,
 }
@@ -114,6 +133,9 @@ pub fn demo(args: Vec<String>) -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    if let Err(e) = cli.instance.select() {
+        return report(Err(e));
+    }
     report(demo::run(&cli.args))
 }
 

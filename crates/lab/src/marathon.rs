@@ -2,9 +2,9 @@
 //! changes, with Marathon-style violations (`path` + `errors`) for a 422.
 //!
 //! Fields the lab acts on: `id`, `cmd`, `cpus`, `mem`, `instances`, `uris`,
-//! `env`, `ports`, `requirePorts`, `ipAddress` (`groups`, `labels`,
-//! `discovery.ports`), `constraints` (on `hostname`: `UNIQUE`, `CLUSTER`,
-//! `LIKE`, `UNLIKE`), `backoffSeconds`, `backoffFactor`,
+//! `env`, `labels`, `ports`, `requirePorts`, `ipAddress` (`groups`,
+//! `labels`, `discovery.ports`), `constraints` (on `hostname`: `UNIQUE`,
+//! `CLUSTER`, `LIKE`, `UNLIKE`), `backoffSeconds`, `backoffFactor`,
 //! `maxLaunchDelaySeconds`. Other fields are kept and shown, not acted on.
 
 use std::collections::BTreeMap;
@@ -93,6 +93,9 @@ pub struct AppDef {
     pub instances: u32,
     pub uris: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// The app's labels: the tasks' Mesos labels, and so (as the lab's
+    /// isolator passes them on) their endpoints' labels.
+    pub labels: BTreeMap<String, String>,
     pub ports: Vec<u16>,
     pub require_ports: bool,
     pub ip_address: Option<IpAddressDef>,
@@ -334,6 +337,7 @@ pub fn parse_app(v: &Value, base: &str, path: &str) -> Result<AppDef, Vec<Violat
     }
     let uris = f.strings("uris");
     let env = f.string_map("env");
+    let labels = f.string_map("labels");
     let require_ports = f.bool("requirePorts");
     let backoff_seconds = f.number("backoffSeconds", 1.0, 0.0);
     let backoff_factor = f.number("backoffFactor", 1.15, 1.0);
@@ -411,6 +415,7 @@ pub fn parse_app(v: &Value, base: &str, path: &str) -> Result<AppDef, Vec<Violat
         instances: instances as u32,
         uris,
         env,
+        labels,
         ports,
         require_ports,
         ip_address,
@@ -655,6 +660,14 @@ mod tests {
         assert_eq!(a.task_name(), "probe-a.star");
         let b = parse_app(&json!({"id": "/b", "cmd": "x"}), "/", "").unwrap();
         assert_eq!((b.ports.clone(), b.cpus, b.mem), (vec![0], 1.0, 128.0));
+        assert!(b.labels.is_empty());
+        let l = parse_app(
+            &json!({"id": "/l", "cmd": "x", "labels": {"team": "net"}}),
+            "/",
+            "",
+        )
+        .unwrap();
+        assert_eq!(l.labels["team"], "net");
         let c = parse_app(
             &json!({"id": "/c", "cmd": "x", "ipAddress": {"groups": ["public"],
                     "labels": {"ipv4_addrs": "['192.168.255.253']"},
@@ -691,6 +704,12 @@ mod tests {
                 .contains("constraints(0)")
         );
         assert!(errs(json!([1]))[0].contains("JSON object"));
+        assert_eq!(
+            errs(json!({"id": "a", "cmd": "x", "labels": {"team": 7}})),
+            vec!["/labels/team must be a string"]
+        );
+        assert!(errs(json!({"id": "a", "cmd": "x", "labels": ["x"]}))[0]
+            .contains("/labels must be an object of strings"));
     }
 
     #[test]

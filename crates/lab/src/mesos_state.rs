@@ -58,9 +58,17 @@ pub fn task_json(s: &State, t: &Task) -> Value {
             let mut st = json!({"state": state, "timestamp": ts});
             if state == crate::wire::RUNNING || crate::wire::is_terminal(state) {
                 st["container_status"] = json!({"network_infos": netinfos});
+                if let Some(c) = &t.container_id {
+                    st["container_status"]["container_id"] = json!({ "value": c });
+                }
             }
             st
         })
+        .collect();
+    let labels: Vec<Value> = t
+        .labels
+        .iter()
+        .map(|(k, v)| json!({"key": k, "value": v}))
         .collect();
     let mut v = json!({
         "id": t.id,
@@ -76,11 +84,13 @@ pub fn task_json(s: &State, t: &Task) -> Value {
             "ports": port_ranges(&t.host_ports),
         },
         "statuses": statuses,
-        "labels": [],
-        // Lab extras: the host name, the message of the last status, the sandbox.
+        "labels": labels,
+        // Lab extras: the host name, the message of the last status, the
+        // sandbox, the container.
         "hostname": t.agent,
         "message": t.message,
         "sandbox": t.sandbox,
+        "container_id": t.container_id,
     });
     if t.network.is_some() {
         v["discovery"] = json!({
@@ -128,14 +138,14 @@ pub fn agent_json(s: &State, a: &Agent) -> Value {
 }
 
 /// The whole state.
-pub fn state_json(s: &State) -> Value {
+pub fn state_json(s: &State, port: u16) -> Value {
     let tasks: Vec<Value> = s.tasks.values().map(|t| task_json(s, t)).collect();
     let completed: Vec<Value> = s.completed.iter().map(|t| task_json(s, t)).collect();
     let agents: Vec<Value> = s.agents.values().map(|a| agent_json(s, a)).collect();
     json!({
         "version": "0.28.0 (netmod lab)",
         "id": s.master_id,
-        "pid": format!("master@127.0.0.1:{}", crate::config::MESOS_PORT),
+        "pid": format!("master@127.0.0.1:{port}"),
         "hostname": "nmlab-master",
         "start_time": s.started_at,
         "activated_slaves": s.agents.values().filter(|a| a.active).count(),

@@ -22,6 +22,9 @@ pub struct TaskSpec {
     pub host_ports: Vec<u16>,
     pub cpus: f64,
     pub mem: f64,
+    /// Mesos TaskInfo labels: the Marathon app's `labels`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// The task's NetworkInfo when the app asked for its own address.
     #[serde(default)]
     pub network: Option<NetworkSpec>,
@@ -64,6 +67,8 @@ pub struct TaskStatus {
     /// The task's own addresses (the hook's `network_infos[].ip_addresses[]`).
     #[serde(default)]
     pub ip_addresses: Vec<String>,
+    /// The container the agent made for the task (reported from
+    /// TASK_STARTING on); the one netmod knows it by.
     #[serde(default)]
     pub container_id: Option<String>,
     #[serde(default)]

@@ -2,17 +2,21 @@
 //! scripts and curl with the demo's JSON files, checked from the
 //! collector's `/responses`, from our own connections inside the tasks'
 //! namespaces, and from the page a headless Chromium draws. Also: DNS in
-//! both name forms, addresses in `/v2/tasks`, a killed task restarted with
-//! its address released and its interface gone, bad Marathon input, and
-//! `lab down` leaving nothing.
+//! both name forms, addresses in `/v2/tasks`, container ids on the pages
+//! and in netmod's endpoints, endpoints named after their task and app, a
+//! killed task restarted with its address released and its interface gone,
+//! bad Marathon input, bad `lab up` input, two labs side by side, and `lab
+//! down` leaving nothing.
 //!
-//! Needs root, iproute2, curl, nsenter, Chromium, and `netmod` + the star
-//! binaries built beside `netmod-lab` (`cargo build -p netmod -p star`).
+//! Every test runs its own lab (see `common::Lab`): they run in parallel,
+//! except the two that need the demo's address pool.
+//!
+//! Needs root, iproute2, curl, nsenter, Chromium, etcd, and `netmod` + the
+//! star binaries built beside `netmod-lab` (`cargo build -p netmod -p star`).
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
@@ -28,21 +32,18 @@ fn app_letter(app_id: &str) -> String {
 /// Waits until the collector's matrix tells the scene's story and still
 /// does a full probe round later.
 fn wait_story(scene: Scene, collector: &str) -> netmod_lab::demo::Matrix {
-    let m = wait_for(
+    wait_for(
         &format!("{scene:?} story at {collector}"),
         Duration::from_secs(60),
         || {
             let m = read_matrix(collector)?;
-            check(scene, &m)
-                .map(|_| m.clone())
-                .map_err(|e| format!("{e}\n{}", render(&m)))
+            check(scene, &m).map_err(|e| format!("{e}\n{}", render(&m)))
         },
     );
     std::thread::sleep(Duration::from_secs(5));
     let again = read_matrix(collector).unwrap();
     check(scene, &again)
         .unwrap_or_else(|e| panic!("{scene:?} no longer holds: {e}\n{}", render(&again)));
-    let _ = m;
     again
 }
 
@@ -82,27 +83,64 @@ fn check_page(url: &str, scene: Scene, running: &BTreeSet<String>, shot: &str) {
     screenshot(url, &shots().join(shot));
 }
 
+/// Task id → container id, from the Mesos state; and both pages show each
+/// live task's container id.
+fn container_ids(lab: &Lab) -> BTreeMap<String, String> {
+    let state = get(&lab.mesos("/master/state.json"));
+    let tasks = state["frameworks"][0]["tasks"].as_array().unwrap();
+    let mut ids = BTreeMap::new();
+    for t in tasks.iter().filter(|t| t["state"] == "TASK_RUNNING") {
+        let status = t["statuses"].as_array().unwrap().last().unwrap();
+        let c = status["container_status"]["container_id"]["value"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no container id in {status}"))
+            .to_string();
+        assert_eq!(t["container_id"], c.as_str(), "{t}");
+        ids.insert(t["id"].as_str().unwrap().to_string(), c);
+    }
+    let shown: BTreeSet<String> = ids.values().cloned().collect();
+    for page in [lab.marathon("/"), lab.mesos("/")] {
+        let html = curl("GET", &page, None, None).1;
+        let on_page = page_container_ids(&html);
+        assert!(
+            shown.is_subset(&on_page),
+            "{page} shows {on_page:?}, not all of {shown:?}"
+        );
+    }
+    ids
+}
+
+/// `netmod --store S -o json ARGS`: exit status and JSON.
+fn netmod_json(store: &str, args: &[&str]) -> (i32, Value) {
+    let out = netmod_cmd(&[&["--store", store, "-o", "json"], args].concat());
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "netmod {args:?}: no JSON:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), v)
+}
+
 #[test]
 fn before_two_probes_run_two_wait_for_port_9000() {
-    if !requirements(true) {
-        return;
-    }
-    let _slot = lab_slot();
-    clean_slate();
-    script("launch-cluster-before.sh");
+    requirements(true);
+    let mut lab = Lab::new("b", "10.234.101.0/24");
+    lab.up_with("launch-cluster-before.sh", &[]);
     // Marathon lists no apps; Mesos shows two agents, no tasks.
     assert_eq!(
-        get("http://127.0.0.1:8080/v2/apps")["apps"],
+        get(&lab.marathon("/v2/apps"))["apps"],
         serde_json::json!([])
     );
-    let state = get("http://127.0.0.1:5050/master/state.json");
+    let state = get(&lab.mesos("/master/state.json"));
     assert_eq!(state["activated_slaves"], 2);
     assert_eq!(state["slaves"][0]["resources"]["ports"], "[9000-31100]");
 
-    script("launch-probes-before.sh");
-    let tasks = wait_running("star", 3);
+    lab.put_group_ok("star", "stars-before.json");
+    let tasks = lab.wait_running("star", 3);
     let queue = wait_for("two probes waiting", Duration::from_secs(10), || {
-        let q = get("http://127.0.0.1:8080/v2/queue");
+        let q = get(&lab.marathon("/v2/queue"));
         let n = q["queue"].as_array().unwrap().len();
         if n == 2 {
             Ok(q)
@@ -113,22 +151,25 @@ fn before_two_probes_run_two_wait_for_port_9000() {
     for item in queue["queue"].as_array().unwrap() {
         assert_eq!(item["reason"], "no agent offers port 9000", "{item}");
     }
-    let apps = get("http://127.0.0.1:8080/v2/apps")["apps"]
+    let apps = get(&lab.marathon("/v2/apps"))["apps"]
         .as_array()
         .unwrap()
         .clone();
     assert_eq!(apps.len(), 5, "Marathon lists the five apps");
-    let page = curl("GET", "http://127.0.0.1:8080/", None, None).1;
+    let page = curl("GET", &lab.marathon("/"), None, None).1;
     assert!(
         page.contains("no agent offers port 9000"),
         "the page says why they wait"
     );
-    let state = get("http://127.0.0.1:5050/master/state.json");
+    let state = get(&lab.mesos("/master/state.json"));
     assert_eq!(
         state["frameworks"][0]["tasks"].as_array().unwrap().len(),
         3,
         "three active tasks"
     );
+    // Every task has a container, host-network tasks too, shown on both pages.
+    let containers = container_ids(&lab);
+    assert_eq!(containers.len(), 3);
 
     // The two running probes: one per agent, each on host port 9000.
     let probes: Vec<&Value> = tasks
@@ -137,10 +178,8 @@ fn before_two_probes_run_two_wait_for_port_9000() {
         .collect();
     assert_eq!(probes.len(), 2);
     assert_ne!(probes[0]["host"], probes[1]["host"]);
-    let agent_ip = |host: &str| -> String {
-        let n = host.rsplit('-').next().unwrap().parse::<u32>().unwrap();
-        format!("10.234.0.{}", 10 + n)
-    };
+    let agent_ip = |t: &Value| lab.agent_ip(t["host"].as_str().unwrap());
+    let servers: Vec<String> = lab.agents().into_iter().map(|(_, ip)| ip).collect();
     for p in &probes {
         assert_eq!(p["ports"], serde_json::json!([9000]));
         // DNS, the RFC 1123 form, from each agent: the agent's address.
@@ -148,27 +187,20 @@ fn before_two_probes_run_two_wait_for_port_9000() {
             "probe-{}-star.marathon.mesos",
             app_letter(p["appId"].as_str().unwrap()).to_lowercase()
         );
-        for server in ["10.234.0.11", "10.234.0.12"] {
-            assert_eq!(
-                dig(server, &name),
-                (0, vec![agent_ip(p["host"].as_str().unwrap())]),
-                "{name}"
-            );
+        for server in &servers {
+            assert_eq!(dig(server, &name), (0, vec![agent_ip(p)]), "{name}");
         }
     }
     assert_eq!(
-        dig("10.234.0.11", "probe-zz-star.marathon.mesos").0,
+        dig(&servers[0], "probe-zz-star.marathon.mesos").0,
         3,
         "NXDOMAIN"
     );
-    assert_eq!(dig("10.234.0.11", "example.com").0, 5, "REFUSED");
+    assert_eq!(dig(&servers[0], "example.com").0, 5, "REFUSED");
 
     // The collector's view, then our own connections from inside.
     let collect = task_of(&tasks, "/star/collect");
-    let collector = format!(
-        "http://{}:9001",
-        agent_ip(collect["host"].as_str().unwrap())
-    );
+    let collector = format!("http://{}:9001", agent_ip(collect));
     let m = wait_story(Scene::Before, &collector);
     let running: BTreeSet<String> = m
         .iter()
@@ -183,8 +215,8 @@ fn before_two_probes_run_two_wait_for_port_9000() {
     let (a, b) = (probes[0], probes[1]);
     let pid_a = task_pid(a["id"].as_str().unwrap());
     let pid_b = task_pid(b["id"].as_str().unwrap());
-    assert!(reaches(pid_a, &agent_ip(b["host"].as_str().unwrap()), 9000));
-    assert!(reaches(pid_b, &agent_ip(a["host"].as_str().unwrap()), 9000));
+    assert!(reaches(pid_a, &agent_ip(b), 9000));
+    assert!(reaches(pid_b, &agent_ip(a), 9000));
 
     check_page(
         &format!("{collector}/"),
@@ -192,45 +224,29 @@ fn before_two_probes_run_two_wait_for_port_9000() {
         &running,
         "before.png",
     );
-    screenshot(
-        "http://127.0.0.1:8080/",
-        &shots().join("marathon-before.png"),
-    );
-    screenshot("http://127.0.0.1:5050/", &shots().join("mesos-before.png"));
+    screenshot(&lab.marathon("/"), &shots().join("marathon-before.png"));
+    screenshot(&lab.mesos("/"), &shots().join("mesos-before.png"));
 
-    script("stop-cluster-before.sh");
-    assert_eq!(
-        leftovers(None),
-        Vec::<String>::new(),
-        "lab down left something"
-    );
+    lab.down("stop-cluster-before.sh", None);
 }
 
 #[test]
 fn per_task_ips_then_isolation_then_a_killed_task() {
-    if !requirements(true) {
-        return;
-    }
-    let _slot = lab_slot();
-    clean_slate();
+    requirements(true);
+    let _pool = demo_pool();
     // A store outside the lab, so that after `lab down` we can see that no
     // allocation is left in it.
     let dir = std::env::temp_dir().join(format!("nmlab-test-{}", netmod_lab::util::random_hex(4)));
     std::fs::create_dir_all(&dir).unwrap();
-    let store = dir.join("netmod.db");
-    let out = script_output(
-        "launch-cluster.sh",
-        &["--store", &store.display().to_string()],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let store_path = dir.join("netmod.db");
+    let store = store_path.display().to_string();
+    let mut lab = Lab::new("p", "10.234.102.0/24");
+    lab.up_with("launch-cluster.sh", &["--store", &store]);
+    assert!(has_route(DEMO_POOL), "the pool is routed into the fabric");
 
     // --- per-task IPs: four probes on two agents, all on port 9000.
-    script("launch-probes.sh");
-    let tasks = wait_running("star", 5);
+    lab.put_group_ok("star", "stars.json");
+    let tasks = lab.wait_running("star", 5);
     let hosts: BTreeSet<&str> = tasks.iter().map(|t| t["host"].as_str().unwrap()).collect();
     assert_eq!(hosts.len(), 2, "both agents run tasks");
     let mut addrs = BTreeSet::new();
@@ -255,17 +271,67 @@ fn per_task_ips_then_isolation_then_a_killed_task() {
         "the static address by label"
     );
     // DNS: both name forms give the task's own address.
+    let servers: Vec<String> = lab.agents().into_iter().map(|(_, ip)| ip).collect();
     for l in ["a", "b", "c", "d"] {
         let ip = ip_of(&tasks, &format!("/star/probe-{l}"));
         assert_eq!(
-            dig("10.234.0.12", &format!("probe-{l}.star.marathon.mesos")),
+            dig(&servers[1], &format!("probe-{l}.star.marathon.mesos")),
             (0, vec![ip.clone()])
         );
         assert_eq!(
-            dig("10.234.0.11", &format!("probe-{l}-star.marathon.mesos")),
+            dig(&servers[0], &format!("probe-{l}-star.marathon.mesos")),
             (0, vec![ip])
         );
     }
+    // netmod knows each task's network by the container id the pages show,
+    // and names its endpoint after the task and the app.
+    let containers = container_ids(&lab);
+    let (_, eps) = netmod_json(&store, &["endpoints"]);
+    let eps = eps.as_array().unwrap().clone();
+    assert_eq!(eps.len(), 5, "{eps:?}");
+    for t in &tasks {
+        let container = &containers[t["id"].as_str().unwrap()];
+        let ep = eps
+            .iter()
+            .find(|e| e["container_id"] == container.as_str())
+            .unwrap_or_else(|| panic!("no endpoint for container {container}: {eps:?}"));
+        let app = t["appId"].as_str().unwrap();
+        let task_name = app.rsplit('/').next().unwrap().to_string() + ".star";
+        assert_eq!(ep["labels"]["task"], task_name.as_str(), "{ep}");
+        assert_eq!(ep["labels"]["app"], app, "{ep}");
+        assert_eq!(ep["host"], t["host"], "{ep}");
+    }
+    let collect_ep = eps
+        .iter()
+        .find(|e| e["labels"]["app"] == "/star/collect")
+        .unwrap();
+    assert_eq!(
+        collect_ep["labels"]["ipv4_addrs"], "['192.168.255.253']",
+        "ipAddress.labels pass through"
+    );
+    // `netmod explain` resolves the lab's tasks by name.
+    let (code, v) = netmod_json(
+        &store,
+        &[
+            "explain",
+            "probe-a.star",
+            "probe-c.star",
+            "--port",
+            "9000/tcp",
+        ],
+    );
+    assert_eq!((code, &v["allowed"]), (0, &Value::Bool(true)), "{v}");
+    assert_eq!(
+        v["from"]["addr"],
+        ip_of(&tasks, "/star/probe-a").as_str(),
+        "{v}"
+    );
+    assert_eq!(
+        v["to"]["addr"],
+        ip_of(&tasks, "/star/probe-c").as_str(),
+        "{v}"
+    );
+
     wait_story(Scene::Routed, "http://192.168.255.253:9001");
     for f in PROBES {
         let pid = task_pid(
@@ -287,8 +353,8 @@ fn per_task_ips_then_isolation_then_a_killed_task() {
     );
 
     // --- isolated: A,B in star-1; C,D in star-2; the collector in both.
-    script("launch-probes-isolated.sh");
-    let iso = wait_running("star-isolated", 5);
+    lab.put_group_ok("star-isolated", "stars-isolated.json");
+    let iso = lab.wait_running("star-isolated", 5);
     assert_eq!(ip_of(&iso, "/star-isolated/collect"), "192.168.255.252");
     wait_story(Scene::Isolated, "http://192.168.255.252:9001");
     for f in PROBES {
@@ -307,6 +373,13 @@ fn per_task_ips_then_isolation_then_a_killed_task() {
             );
         }
     }
+    // explain agrees: A→B allowed, A→C dropped (exit status 3).
+    let explain =
+        |from: &str, to: &str| netmod_json(&store, &["explain", from, to, "--port", "9000/tcp"]);
+    let (code, v) = explain("probe-a.star-isolated", "probe-b.star-isolated");
+    assert_eq!((code, &v["allowed"]), (0, &Value::Bool(true)), "{v}");
+    let (code, v) = explain("probe-a.star-isolated", "probe-c.star-isolated");
+    assert_eq!((code, &v["allowed"]), (3, &Value::Bool(false)), "{v}");
     let collector_pid = task_pid(
         task_of(&iso, "/star-isolated/collect")["id"]
             .as_str()
@@ -325,19 +398,20 @@ fn per_task_ips_then_isolation_then_a_killed_task() {
         &all,
         "isolated.png",
     );
-    screenshot("http://127.0.0.1:8080/", &shots().join("marathon.png"));
-    screenshot("http://127.0.0.1:5050/", &shots().join("mesos.png"));
+    screenshot(&lab.marathon("/"), &shots().join("marathon.png"));
+    screenshot(&lab.mesos("/"), &shots().join("mesos.png"));
 
     // --- a killed task: restarted, its old address released, its interface gone.
     let victim = task_of(&iso, "/star-isolated/probe-a").clone();
     let old_id = victim["id"].as_str().unwrap().to_string();
     let old_ip = ip_of(&iso, "/star-isolated/probe-a");
+    let old_container = container_ids(&lab)[&old_id].clone();
     let host = victim["host"].as_str().unwrap().to_string();
     let pid = task_pid(&old_id);
     // SAFETY: kill has no memory preconditions; the pid is the task's.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let fresh = wait_for("probe-a restarted", Duration::from_secs(30), || {
-        let t = running_tasks("star-isolated");
+        let t = lab.running_tasks("star-isolated");
         match t.iter().find(|t| t["appId"] == "/star-isolated/probe-a") {
             Some(t) if t["id"] != old_id.as_str() => Ok(t.clone()),
             _ => Err("not yet".into()),
@@ -351,7 +425,9 @@ fn per_task_ips_then_isolation_then_a_killed_task() {
         new_ip, old_ip,
         "a quarantined address is not reused at once"
     );
-    let state = get("http://127.0.0.1:5050/master/state.json");
+    let new_container = container_ids(&lab)[fresh["id"].as_str().unwrap()].clone();
+    assert_ne!(new_container, old_container, "a new task, a new container");
+    let state = get(&lab.mesos("/master/state.json"));
     let ended = state["frameworks"][0]["completed_tasks"]
         .as_array()
         .unwrap()
@@ -360,16 +436,11 @@ fn per_task_ips_then_isolation_then_a_killed_task() {
         .cloned()
         .expect("the killed task is among the completed");
     assert_eq!(ended["state"], "TASK_FAILED", "{ended}");
+    assert_eq!(ended["container_id"], old_container.as_str(), "{ended}");
     wait_for("the old address released", Duration::from_secs(10), || {
-        let out = netmod_cmd(&[
-            "--store",
-            &store.display().to_string(),
-            "-o",
-            "json",
-            "endpoints",
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.contains(&format!("\"{old_ip}")) {
+        let (_, eps) = netmod_json(&store, &["endpoints"]);
+        let text = eps.to_string();
+        if text.contains(&format!("\"{old_ip}")) || text.contains(&old_container) {
             Err(text)
         } else {
             Ok(())
@@ -390,7 +461,11 @@ fn per_task_ips_then_isolation_then_a_killed_task() {
         "one veth per own-address task",
         Duration::from_secs(10),
         || {
-            let tasks = [running_tasks("star"), running_tasks("star-isolated")].concat();
+            let tasks = [
+                lab.running_tasks("star"),
+                lab.running_tasks("star-isolated"),
+            ]
+            .concat();
             let here = tasks.iter().filter(|t| t["host"] == host.as_str()).count();
             let links = std::process::Command::new("ip")
                 .args(["-n", &host, "-o", "link"])
@@ -412,10 +487,10 @@ fn per_task_ips_then_isolation_then_a_killed_task() {
     wait_story(Scene::Isolated, "http://192.168.255.252:9001");
 
     // --- stop the probes, then the cluster: nothing left, no allocation.
-    script("stop-probes.sh");
-    script("stop-probes-isolated.sh");
+    lab.script_ok("stop-probes.sh", &[]);
+    lab.script_ok("stop-probes-isolated.sh", &[]);
     wait_for("all tasks gone", Duration::from_secs(30), || {
-        let n = get("http://127.0.0.1:8080/v2/tasks")["tasks"]
+        let n = get(&lab.marathon("/v2/tasks"))["tasks"]
             .as_array()
             .unwrap()
             .len();
@@ -425,49 +500,39 @@ fn per_task_ips_then_isolation_then_a_killed_task() {
             Err(format!("{n} tasks"))
         }
     });
-    script("stop-cluster.sh");
-    assert_eq!(
-        leftovers(Some(&store)),
-        Vec::<String>::new(),
-        "lab down left something"
-    );
+    lab.down("stop-cluster.sh", Some(&store_path));
+    assert!(!has_route(DEMO_POOL), "the pool route went with the lab");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn marathon_api_rejects_bad_input_and_changes_nothing() {
-    if !requirements(false) {
-        return;
-    }
-    let _slot = lab_slot();
-    clean_slate();
-    script("launch-cluster-before.sh");
-    let files = repo().join("demo/marathon");
-    let (code, _) = curl(
-        "PUT",
-        "http://127.0.0.1:8080/v2/groups/star",
-        Some(&files.join("stars-before.json")),
-        None,
-    );
-    assert_eq!(code, 200);
-    wait_running("star", 3);
+    requirements(false);
+    // A long name: its interfaces get a short prefix derived from it.
+    let mut lab = Lab::new("-marathon-api-", "10.234.103.0/24");
+    lab.up_with("launch-cluster-before.sh", &[]);
+    let bridge = lab.cfg()["bridge"].as_str().unwrap().to_string();
+    assert!(bridge.len() <= 15, "{bridge}");
+    assert!(!bridge.starts_with(&lab.name), "{bridge}");
+    lab.put_group_ok("star", "stars-before.json");
+    lab.wait_running("star", 3);
     let snapshot = || {
-        let mut apps = get("http://127.0.0.1:8080/v2/apps")["apps"].clone();
+        let mut apps = get(&lab.marathon("/v2/apps"))["apps"].clone();
         for a in apps.as_array_mut().unwrap() {
             for k in ["tasksRunning", "tasksStaged", "lab_waiting"] {
                 a.as_object_mut().unwrap().remove(k);
             }
         }
-        let tasks: BTreeSet<String> = get("http://127.0.0.1:8080/v2/tasks")["tasks"]
+        let tasks: BTreeSet<String> = get(&lab.marathon("/v2/tasks"))["tasks"]
             .as_array()
             .unwrap()
             .iter()
             .map(|t| t["id"].as_str().unwrap().to_string())
             .collect();
-        (apps, get("http://127.0.0.1:8080/v2/groups"), tasks)
+        (apps, get(&lab.marathon("/v2/groups")), tasks)
     };
     let before = snapshot();
-    let cases: [(&str, &str, Option<&str>, u16); 8] = [
+    let cases: [(&str, &str, Option<&str>, u16); 9] = [
         (
             "PUT",
             "/v2/groups/star",
@@ -488,6 +553,12 @@ fn marathon_api_rejects_bad_input_and_changes_nothing() {
             422,
         ),
         (
+            "POST",
+            "/v2/apps",
+            Some(r#"{"id": "x", "cmd": "sleep 100", "labels": {"team": 1}}"#),
+            422,
+        ),
+        (
             "PUT",
             "/v2/groups/star",
             Some(r#"{"apps": [{"id": "probe-a", "cmd": "x", "cpus": -0.1}]}"#),
@@ -498,7 +569,7 @@ fn marathon_api_rejects_bad_input_and_changes_nothing() {
         ("DELETE", "/v2/apps/no/such/app", None, 404),
     ];
     for (method, path, body, want) in cases {
-        let (code, reply) = curl(method, &format!("http://127.0.0.1:8080{path}"), None, body);
+        let (code, reply) = curl(method, &lab.marathon(path), None, body);
         assert_eq!(code, want, "{method} {path} {body:?}: {reply}");
         let v: Value = serde_json::from_str(&reply)
             .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {reply}"));
@@ -515,51 +586,69 @@ fn marathon_api_rejects_bad_input_and_changes_nothing() {
     // Scaling through PUT of an app, and back.
     let (code, _) = curl(
         "PUT",
-        "http://127.0.0.1:8080/v2/apps/star/collect",
+        &lab.marathon("/v2/apps/star/collect"),
         None,
         Some(r#"{"instances": 2}"#),
     );
     assert_eq!(code, 200);
-    wait_running("star", 4);
+    lab.wait_running("star", 4);
     let (code, _) = curl(
         "PUT",
-        "http://127.0.0.1:8080/v2/apps/star/collect",
+        &lab.marathon("/v2/apps/star/collect"),
         None,
         Some(r#"{"instances": 1}"#),
     );
     assert_eq!(code, 200);
-    wait_running("star", 3);
-    // A second `lab up` is refused while one is up.
-    let again = std::process::Command::new(LAB_EXE)
-        .args(["lab", "up"])
-        .output()
-        .unwrap();
+    lab.wait_running("star", 3);
+    // An app's labels are the tasks' Mesos labels.
+    let (code, reply) = curl(
+        "POST",
+        &lab.marathon("/v2/apps"),
+        None,
+        Some(
+            r#"{"id": "/labelled", "cmd": "exec sleep 1000", "cpus": 0.01, "mem": 8, "labels": {"team": "net"}}"#,
+        ),
+    );
+    assert_eq!(code, 201, "{reply}");
+    let labelled = wait_for("the labelled task", Duration::from_secs(30), || {
+        let s = get(&lab.mesos("/master/state.json"));
+        s["frameworks"][0]["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "labelled")
+            .cloned()
+            .ok_or_else(|| "not yet".to_string())
+    });
+    assert_eq!(
+        labelled["labels"],
+        serde_json::json!([{"key": "team", "value": "net"}])
+    );
+    // A second `lab up` of the same lab is refused while it is up.
+    let again = lab.lab(&["up", "--fabric", "10.234.113.0/24"]);
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already up"));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already up"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     // Task output is reachable from the page.
-    let t = &running_tasks("star")[0];
+    let t = &lab.running_tasks("star")[0];
     let (code, out) = curl(
         "GET",
-        &format!(
-            "http://127.0.0.1:8080/tasks/{}/stderr",
-            t["id"].as_str().unwrap()
-        ),
+        &lab.marathon(&format!("/tasks/{}/stderr", t["id"].as_str().unwrap())),
         None,
         None,
     );
     assert_eq!(code, 200);
     assert!(out.contains("listening"), "{out}");
-    script("stop-cluster-before.sh");
-    assert_eq!(leftovers(None), Vec::<String>::new());
+    lab.down("stop-cluster-before.sh", None);
 }
 
 #[test]
-fn lab_up_refuses_ranges_that_overlap_the_machines_routes() {
-    if !requirements(false) {
-        return;
-    }
-    let _slot = lab_slot();
-    clean_slate();
+fn lab_up_refuses_bad_input_and_builds_nothing() {
+    requirements(false);
+    let lab = Lab::new("r", "10.234.107.0/24");
     // A range this machine routes already (its own network).
     let routes = std::process::Command::new("ip")
         .args(["-4", "-j", "route"])
@@ -574,36 +663,103 @@ fn lab_up_refuses_ranges_that_overlap_the_machines_routes() {
         .find(|d| *d != "default" && d.contains('/'))
         .expect("the machine has a network route")
         .to_string();
-    for flag in ["--pool", "--fabric"] {
-        let out = std::process::Command::new(LAB_EXE)
-            .args(["lab", "up", flag, &taken])
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("overlaps the route") && err.contains(flag),
-            "{err}"
+    let refused = |args: &[&str], why: &str| {
+        let out = lab.lab(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(why), "{args:?}: {err}");
+        assert_eq!(
+            lab.leftovers(None),
+            Vec::<String>::new(),
+            "a refused `lab up {args:?}` built something"
         );
-        assert!(
-            leftovers(None).is_empty(),
-            "a refused `lab up` built something"
-        );
+    };
+    let pool_args = [
+        "up",
+        "--fabric",
+        lab.fabric.as_str(),
+        "--pool",
+        taken.as_str(),
+    ];
+    let fabric_args = ["up", "--no-isolator", "--fabric", taken.as_str()];
+    for args in [&pool_args[..], &fabric_args[..]] {
+        let flag = args[args.len() - 2];
+        refused(args, "overlaps the route");
+        refused(args, flag);
     }
-    let _ = Path::new("");
+    // A port another program holds (this test holds it while it asks).
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port().to_string();
+    refused(
+        &["up", "--fabric", &lab.fabric, "--marathon-port", &port],
+        "is taken by another program",
+    );
+    drop(holder);
+    refused(&["up", "--fabric", "not-a-range"], "not an IPv4 CIDR");
+    refused(
+        &["up", "--fabric", &lab.fabric, "--agents", "0"],
+        "--agents",
+    );
+    // A bad lab name.
+    let out = std::process::Command::new(LAB_EXE)
+        .args(["lab", "--name", "Bad_Name", "up"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a lab name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!std::path::Path::new("/run/netmod-lab-Bad_Name").exists());
 }
 
-/// The lab on etcd: `lab up --store etcd` starts an etcd server in a
+#[test]
+fn two_labs_side_by_side_each_down_removes_only_its_own() {
+    requirements(false);
+    let mut one = Lab::new("s", "10.234.105.0/24");
+    let mut two = Lab::new("s", "10.234.106.0/24");
+    one.up_with("launch-cluster-before.sh", &["--agents", "1"]);
+    two.up_with("launch-cluster-before.sh", &["--agents", "1"]);
+    assert_ne!(one.cfg()["ports"], two.cfg()["ports"]);
+    for lab in [&one, &two] {
+        let state = get(&lab.mesos("/master/state.json"));
+        assert_eq!(state["activated_slaves"], 1, "{}", lab.name);
+        assert_eq!(
+            state["slaves"][0]["hostname"],
+            format!("{}-agent-1", lab.name).as_str()
+        );
+    }
+    let before = two.status();
+    one.down("stop-cluster-before.sh", None);
+    // The other lab is untouched: its config, its objects, its master.
+    assert_eq!(two.status(), before);
+    assert!(two.leftovers(None).len() >= 4, "{:?}", two.leftovers(None));
+    assert_eq!(get(&two.mesos("/master/state.json"))["activated_slaves"], 1);
+    two.down("stop-cluster-before.sh", None);
+}
+
+/// The lab on etcd: `netmod demo --store etcd` starts an etcd server in a
 /// namespace of its own on the fabric, every host uses only it, and the
 /// whole demo story passes unchanged; `lab down` leaves nothing.
 #[test]
 fn the_demo_story_on_etcd() {
-    if !requirements(false) || !common_etcd_present() {
-        return;
-    }
-    let _slot = lab_slot();
-    clean_slate();
-    let out = netmod_cmd(&["demo", "--store", "etcd"]);
+    requirements(false);
+    etcd_requirement();
+    let _pool = demo_pool();
+    let lab = Lab::new("e", "10.234.104.0/24");
+    let out = std::process::Command::new(netmod())
+        .args([
+            "demo",
+            "--name",
+            &lab.name,
+            "--fabric",
+            &lab.fabric,
+            "--store",
+            "etcd",
+        ])
+        .output()
+        .unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -615,13 +771,6 @@ fn the_demo_story_on_etcd() {
         text.contains("All three scenes match the seed's story."),
         "{text}"
     );
-    assert!(leftovers(None).is_empty(), "{:?}", leftovers(None));
-}
-
-fn common_etcd_present() -> bool {
-    let ok = Path::new("/usr/bin/etcd").exists();
-    if !ok && std::env::var_os("CI").is_some() {
-        panic!("/usr/bin/etcd is missing (apt-get install etcd-server)");
-    }
-    ok
+    assert_eq!(lab.leftovers(None), Vec::<String>::new());
+    assert!(!has_route(DEMO_POOL));
 }

@@ -1,5 +1,5 @@
-//! An agent: runs inside its host's namespace (`ip netns exec nmlab-agent-N
-//! netmod lab agent --index N`), registers with the master over the fabric,
+//! An agent: runs inside its host's namespace (`ip netns exec <lab>-agent-N
+//! netmod-lab lab --name <lab> agent --index N`), registers with the master over the fabric,
 //! launches and kills tasks on request (see [`task`]), reports their
 //! statuses, and answers DNS for `*.marathon.mesos` on its fabric address.
 
@@ -219,7 +219,7 @@ pub fn run(index: u32) -> Result<(), LabError> {
             exe: cfg.netmod.clone(),
             store: cfg.store.clone(),
         },
-        master: cfg.master_url(),
+        master: cfg.master_url()?,
         host: host.clone(),
         cfg,
         agent_id: Mutex::new(String::new()),

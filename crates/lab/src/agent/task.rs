@@ -1,12 +1,16 @@
 //! One task's life on an agent, in the order Mesos and its network isolator
 //! module go through it:
 //!
+//! 0. a container id for the task (every task has one, as in Mesos; it is
+//!    in every status from TASK_STARTING on, and netmod knows the task's
+//!    network by it);
 //! 1. sandbox, `file://` URIs fetched into it, a `resolv.conf` for the task;
 //! 2. for a task with its own address: `reserve` (addresses asked by value)
 //!    and `allocate` (the rest; static ones through the `ipv4_addrs` label);
 //! 3. the task forked into fresh namespaces (mount, and network if it has
 //!    its own address) and held there;
-//! 4. `isolate` with its pid; only after the reply is it released to exec;
+//! 4. `isolate` with its pid and its labels (see [`endpoint_labels`]); only
+//!    after the reply is it released to exec;
 //! 5. RUNNING, with its addresses; wait for it to end (or be killed);
 //! 6. `release` of its addresses, then `cleanup` of the container.
 
@@ -33,9 +37,26 @@ pub const KILL_GRACE: Duration = Duration::from_secs(3);
 
 /// What was set up for the task's network, to undo at the end.
 struct Net {
-    container_id: String,
     addrs: Vec<String>,
     isolated: bool,
+}
+
+/// The labels of the task's endpoint, sent with `isolate`: its names —
+/// `task` (the Mesos task name, `probe-a.star`, also its Mesos-DNS name)
+/// and `app` (the Marathon app id, `/star/probe-a`), the keys `netmod
+/// endpoints` and `netmod explain` name endpoints by — then the app's
+/// `labels` (Mesos TaskInfo labels), then `ipAddress.labels` (the
+/// NetworkInfo's, which Mesos hands the isolator as they are). A user's
+/// label wins over the lab's name of the same key; the NetworkInfo's wins
+/// over the app's.
+pub fn endpoint_labels(spec: &TaskSpec, net: &NetworkSpec) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        ("task".to_string(), spec.name.clone()),
+        ("app".to_string(), spec.app_id.clone()),
+    ]);
+    labels.extend(spec.labels.clone());
+    labels.extend(net.labels.clone());
+    labels
 }
 
 /// Starts the task's life on its own thread.
@@ -49,30 +70,38 @@ pub fn launch(agent: Arc<Agent>, spec: TaskSpec) {
     });
 }
 
-fn status(
-    spec: &TaskSpec,
-    state: &str,
-    msg: Option<String>,
-    sandbox: &Path,
-    net: Option<&Net>,
-) -> TaskStatus {
-    TaskStatus {
-        task_id: spec.task_id.clone(),
-        state: state.into(),
-        message: msg,
-        ip_addresses: net.map(|n| n.addrs.clone()).unwrap_or_default(),
-        container_id: net.map(|n| n.container_id.clone()),
-        sandbox: Some(sandbox.display().to_string()),
-        timestamp: unix_now(),
+/// One task's container: its id and sandbox, what every status carries.
+struct Container<'a> {
+    spec: &'a TaskSpec,
+    id: String,
+    sandbox: PathBuf,
+}
+
+impl Container<'_> {
+    fn status(&self, state: &str, msg: Option<String>, net: Option<&Net>) -> TaskStatus {
+        TaskStatus {
+            task_id: self.spec.task_id.clone(),
+            state: state.into(),
+            message: msg,
+            ip_addresses: net.map(|n| n.addrs.clone()).unwrap_or_default(),
+            container_id: Some(self.id.clone()),
+            sandbox: Some(self.sandbox.display().to_string()),
+            timestamp: unix_now(),
+        }
     }
 }
 
 /// The task from start to end; returns its terminal status.
 fn run(agent: &Agent, spec: &TaskSpec) -> TaskStatus {
-    let sandbox = agent.sandbox(&spec.task_id);
-    agent.report(status(spec, wire::STARTING, None, &sandbox, None));
-    if let Err(e) = prepare_sandbox(agent, spec, &sandbox) {
-        return status(spec, wire::FAILED, Some(e), &sandbox, None);
+    let c = Container {
+        spec,
+        id: uuid(),
+        sandbox: agent.sandbox(&spec.task_id),
+    };
+    let sandbox = c.sandbox.as_path();
+    agent.report(c.status(wire::STARTING, None, None));
+    if let Err(e) = prepare_sandbox(agent, spec, sandbox) {
+        return c.status(wire::FAILED, Some(e), None);
     }
     // Networking through the plugin, before the task exists.
     let own_net = match (&spec.network, agent.cfg.isolator) {
@@ -81,21 +110,21 @@ fn run(agent: &Agent, spec: &TaskSpec) -> TaskStatus {
     };
     let mut net = None;
     if let Some(ns) = own_net {
-        match assign(agent, ns) {
+        match assign(agent, ns, &c.id) {
             Ok(n) => net = Some(n),
-            Err(e) => return status(spec, wire::FAILED, Some(e), &sandbox, None),
+            Err(e) => return c.status(wire::FAILED, Some(e), None),
         }
     }
     if agent.kill_requested(&spec.task_id) {
-        let m = teardown(agent, net.as_ref());
-        return status(spec, wire::KILLED, m, &sandbox, net.as_ref());
+        let m = teardown(agent, &c.id, net.as_ref());
+        return c.status(wire::KILLED, m, net.as_ref());
     }
     // The task, held in its fresh namespaces.
-    let (mut child, go) = match spawn_held(agent, spec, &sandbox, net.as_ref(), own_net.is_some()) {
+    let (mut child, go) = match spawn_held(agent, spec, sandbox, net.as_ref(), own_net.is_some()) {
         Ok(x) => x,
         Err(e) => {
-            let m = teardown(agent, net.as_ref());
-            return status(spec, wire::FAILED, Some(join(e, m)), &sandbox, net.as_ref());
+            let m = teardown(agent, &c.id, net.as_ref());
+            return c.status(wire::FAILED, Some(join(e, m)), net.as_ref());
         }
     };
     let pid = child.id();
@@ -104,11 +133,11 @@ fn run(agent: &Agent, spec: &TaskSpec) -> TaskStatus {
     if let (Some(n), Some(ns)) = (net.as_mut(), own_net) {
         let req = json!({
             "hostname": agent.host.name,
-            "container_id": n.container_id,
+            "container_id": c.id,
             "pid": pid,
             "ipv4_addrs": n.addrs,
             "netgroups": ns.groups,
-            "labels": labels_json(&ns.labels),
+            "labels": labels_json(&endpoint_labels(spec, ns)),
         });
         match agent.netmod.call("isolate", req) {
             Ok(_) => n.isolated = true,
@@ -116,9 +145,9 @@ fn run(agent: &Agent, spec: &TaskSpec) -> TaskStatus {
                 drop(go); // the shim exits without running the task
                 kill_group(pid, libc::SIGKILL);
                 let _ = child.wait();
-                let m = teardown(agent, net.as_ref());
+                let m = teardown(agent, &c.id, net.as_ref());
                 let msg = join(format!("netmod mesos isolate failed: {e}"), m);
-                return status(spec, wire::FAILED, Some(msg), &sandbox, net.as_ref());
+                return c.status(wire::FAILED, Some(msg), net.as_ref());
             }
         }
     }
@@ -126,8 +155,8 @@ fn run(agent: &Agent, spec: &TaskSpec) -> TaskStatus {
         drop(go);
         kill_group(pid, libc::SIGKILL);
         let _ = child.wait();
-        let m = teardown(agent, net.as_ref());
-        return status(spec, wire::KILLED, m, &sandbox, net.as_ref());
+        let m = teardown(agent, &c.id, net.as_ref());
+        return c.status(wire::KILLED, m, net.as_ref());
     }
     // Release it: the shim execs the command.
     // SAFETY: `go` is the open write end of the pipe, owned here.
@@ -136,12 +165,12 @@ fn run(agent: &Agent, spec: &TaskSpec) -> TaskStatus {
     if wrote != 1 {
         kill_group(pid, libc::SIGKILL);
     }
-    agent.report(status(spec, wire::RUNNING, None, &sandbox, net.as_ref()));
+    agent.report(c.status(wire::RUNNING, None, net.as_ref()));
     let exit = child.wait();
     agent.forget_pid(&spec.task_id);
     // Whatever it left behind in its process group goes too.
     kill_group(pid, libc::SIGKILL);
-    let m = teardown(agent, net.as_ref());
+    let m = teardown(agent, &c.id, net.as_ref());
     let (state, why) = if agent.kill_requested(&spec.task_id) {
         (wire::KILLED, "killed on request".to_string())
     } else {
@@ -166,7 +195,7 @@ fn run(agent: &Agent, spec: &TaskSpec) -> TaskStatus {
             Err(e) => (wire::FAILED, format!("lost the task's process: {e}")),
         }
     };
-    status(spec, state, Some(join(why, m)), &sandbox, net.as_ref())
+    c.status(state, Some(join(why, m)), net.as_ref())
 }
 
 fn join(a: String, b: Option<String>) -> String {
@@ -213,8 +242,9 @@ fn prepare_sandbox(agent: &Agent, spec: &TaskSpec, sandbox: &Path) -> Result<(),
 }
 
 /// `reserve` for the addresses asked by value, `allocate` for the rest.
-fn assign(agent: &Agent, ns: &NetworkSpec) -> Result<Net, String> {
-    let container_id = uuid();
+/// The IPAM calls carry the NetworkInfo's labels (`ipAddress.labels`), as
+/// Mesos's module sends them; the handle is the container id.
+fn assign(agent: &Agent, ns: &NetworkSpec, container_id: &str) -> Result<Net, String> {
     let by_value: Vec<String> = ns.ip_addresses.iter().flatten().cloned().collect();
     let any = ns
         .ip_addresses
@@ -264,7 +294,6 @@ fn assign(agent: &Agent, ns: &NetworkSpec) -> Result<Net, String> {
         }
     }
     Ok(Net {
-        container_id,
         addrs,
         isolated: false,
     })
@@ -272,7 +301,7 @@ fn assign(agent: &Agent, ns: &NetworkSpec) -> Result<Net, String> {
 
 /// `release` of the addresses, then `cleanup` of the container (the order
 /// the module uses); returns what failed, if anything.
-fn teardown(agent: &Agent, net: Option<&Net>) -> Option<String> {
+fn teardown(agent: &Agent, container_id: &str, net: Option<&Net>) -> Option<String> {
     let net = net?;
     let mut problems = Vec::new();
     if !net.addrs.is_empty() {
@@ -281,7 +310,7 @@ fn teardown(agent: &Agent, net: Option<&Net>) -> Option<String> {
         }
     }
     if net.isolated {
-        let req = json!({"hostname": agent.host.name, "container_id": net.container_id});
+        let req = json!({"hostname": agent.host.name, "container_id": container_id});
         if let Err(e) = agent.netmod.call("cleanup", req) {
             problems.push(format!("cleanup failed: {e}"));
         }
@@ -400,4 +429,53 @@ pub fn kill_group(pgid: u32, sig: libc::c_int) {
 /// The sandbox directory of a task on an agent.
 pub fn sandbox_dir(root: &Path, host: &str, task_id: &str) -> PathBuf {
     root.join(host).join(task_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_named_after_their_task_and_app() {
+        let mut spec = TaskSpec {
+            task_id: "star_probe-a.1".into(),
+            name: "probe-a.star".into(),
+            app_id: "/star/probe-a".into(),
+            app_version: "v".into(),
+            cmd: "x".into(),
+            env: BTreeMap::new(),
+            uris: vec![],
+            host_ports: vec![],
+            cpus: 0.1,
+            mem: 8.0,
+            labels: BTreeMap::from([("team".into(), "net".into()), ("tier".into(), "app".into())]),
+            network: None,
+        };
+        let net = NetworkSpec {
+            groups: vec!["public".into()],
+            labels: BTreeMap::from([
+                ("tier".into(), "probe".into()),
+                ("ipv4_addrs".into(), "['192.168.255.253']".into()),
+            ]),
+            ip_addresses: vec![None],
+        };
+        let l = endpoint_labels(&spec, &net);
+        assert_eq!(l["task"], "probe-a.star");
+        assert_eq!(l["app"], "/star/probe-a");
+        assert_eq!(l["team"], "net");
+        assert_eq!(
+            l["tier"], "probe",
+            "the NetworkInfo's label wins over the app's"
+        );
+        assert_eq!(l["ipv4_addrs"], "['192.168.255.253']");
+        // A user's own name for the task wins over the lab's.
+        spec.labels.insert("task".into(), "web".into());
+        assert_eq!(endpoint_labels(&spec, &net)["task"], "web");
+        // On the wire: the list of {key, value} Mesos's module sends.
+        let wire = labels_json(&endpoint_labels(&spec, &net));
+        assert!(wire
+            .as_array()
+            .unwrap()
+            .contains(&json!({"key": "app", "value": "/star/probe-a"})));
+    }
 }

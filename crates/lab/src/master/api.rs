@@ -39,7 +39,7 @@ pub fn marathon(m: &Master, req: &Request) -> Reply {
         return r;
     }
     match (method, path) {
-        ("GET", "") => Reply::html(pages::marathon(&m.lock())),
+        ("GET", "") => Reply::html(pages::marathon(&m.lock(), &m.ports())),
         ("GET", "/ping") => Reply::text(200, "pong"),
         ("GET", "/v2/info") => Reply::json(
             200,
@@ -203,7 +203,7 @@ pub fn mesos(m: &Master, req: &Request) -> Reply {
         return r;
     }
     match (req.method.as_str(), path) {
-        ("GET", "") => Reply::html(pages::mesos(&m.lock())),
+        ("GET", "") => Reply::html(pages::mesos(&m.lock(), &m.ports())),
         ("GET", "/health") => Reply::text(200, "ok"),
         ("GET", "/master/state.json" | "/master/state" | "/state.json" | "/state") => {
             let timeout = req
@@ -218,7 +218,7 @@ pub fn mesos(m: &Master, req: &Request) -> Reply {
                 Some(seen) => m.wait_change(seen, Duration::from_secs_f64(timeout)),
                 None => m.lock(),
             };
-            Reply::json(200, &mesos_state::state_json(&s))
+            Reply::json(200, &mesos_state::state_json(&s, m.ports().mesos))
         }
         ("GET", "/master/slaves") => {
             let s = m.lock();
@@ -315,7 +315,7 @@ pub fn app_json(s: &State, app: &App, embed_tasks: bool) -> Value {
     });
     let fields = json!({
         "id": d.id, "cmd": d.cmd, "cpus": d.cpus, "mem": d.mem, "instances": d.instances,
-        "uris": d.uris, "env": d.env, "ports": d.ports, "requirePorts": d.require_ports,
+        "uris": d.uris, "env": d.env, "labels": d.labels, "ports": d.ports, "requirePorts": d.require_ports,
         "ipAddress": ip, "backoffSeconds": d.backoff_seconds, "backoffFactor": d.backoff_factor,
         "maxLaunchDelaySeconds": d.max_launch_delay_seconds, "version": app.version,
     });
@@ -518,5 +518,82 @@ mod tests {
             .unwrap()
             .is_empty());
         assert_eq!(call(&m, "GET", "/v2/groups/star", "").status, 404);
+    }
+
+    #[test]
+    fn pages_and_state_show_container_ids_and_labels() {
+        let m = Master::new();
+        let app = r#"{"id": "/star/probe-a", "cmd": "star-probe", "cpus": 0.1, "mem": 64,
+            "labels": {"team": "net"}, "ipAddress": {"groups": ["public"]}}"#;
+        assert_eq!(call(&m, "POST", "/v2/apps", app).status, 201);
+        let now = unix_now();
+        let actions = m.with(|s| {
+            s.heartbeat(
+                Register {
+                    hostname: "h1".into(),
+                    ip: "10.234.0.11".into(),
+                    port: 5051,
+                    cpus: 4.0,
+                    mem: 4096.0,
+                    ports: vec![(9000, 31100)],
+                    tasks: vec![],
+                },
+                now,
+            );
+            s.plan(now)
+        });
+        let Some(super::super::state::Action::Launch { spec, .. }) = actions.first() else {
+            panic!("no launch: {actions:?}")
+        };
+        // The app's labels travel with the task (Mesos TaskInfo labels).
+        assert_eq!(spec.labels["team"], "net");
+        let status = TaskStatus {
+            task_id: spec.task_id.clone(),
+            state: wire::RUNNING.into(),
+            message: None,
+            ip_addresses: vec!["192.168.0.7".into()],
+            container_id: Some("c0ffee-1".into()),
+            sandbox: None,
+            timestamp: now,
+        };
+        m.with(|s| s.apply_status("h1", status, now));
+        for page in ["/", "/master/state.json"] {
+            let r = call(&m, "GET", page, "");
+            assert_eq!(r.status, 200);
+        }
+        let marathon_page = String::from_utf8(call(&m, "GET", "/", "").body).unwrap();
+        let mesos_page = pages::mesos(&m.lock(), &m.ports());
+        for page in [&marathon_page, &mesos_page] {
+            assert!(
+                page.contains("<code class=\"container-id\">c0ffee-1</code>"),
+                "{page}"
+            );
+        }
+        let st = call(&m, "GET", "/master/state.json", "").body_json();
+        let t = &st["frameworks"][0]["tasks"][0];
+        assert_eq!(t["labels"], json!([{"key": "team", "value": "net"}]));
+        assert_eq!(t["container_id"], "c0ffee-1");
+        let running = t["statuses"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(
+            running["container_status"]["container_id"]["value"],
+            "c0ffee-1"
+        );
+        // Ended, it keeps its container id on both pages.
+        let ended = TaskStatus {
+            task_id: spec.task_id.clone(),
+            state: wire::FAILED.into(),
+            message: Some("exited with status 1".into()),
+            ip_addresses: vec![],
+            container_id: Some("c0ffee-1".into()),
+            sandbox: None,
+            timestamp: now,
+        };
+        m.with(|s| s.apply_status("h1", ended, now));
+        assert_eq!(
+            m.lock().completed[0].container_id.as_deref(),
+            Some("c0ffee-1")
+        );
+        let mesos_page = pages::mesos(&m.lock(), &m.ports());
+        assert!(mesos_page.contains("<code class=\"container-id\">c0ffee-1</code>"));
     }
 }

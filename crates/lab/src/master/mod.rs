@@ -1,7 +1,9 @@
-//! The master: Marathon's API and page on 127.0.0.1:8080, the Mesos-like
-//! state and page on 127.0.0.1:5050 (and on the bridge address, where the
-//! agents register, report and read state for DNS), and the scheduler that
-//! turns apps into tasks on agents.
+//! The master: Marathon's API and page on 127.0.0.1 (port 8080 in the
+//! default lab), the Mesos-like state and page on 127.0.0.1 (5050) and on the
+//! bridge address, where the agents register, report and read state for
+//! DNS; and the scheduler that turns apps into tasks on agents. Once it
+//! listens it writes the ports it got to `master-ports.json` in the lab's
+//! run directory: the ports may be the system's choice.
 
 pub mod api;
 pub mod pages;
@@ -9,11 +11,11 @@ pub mod placement;
 pub mod state;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-use crate::config::{LabConfig, MARATHON_PORT, MESOS_PORT};
+use crate::config::{self, LabConfig, MasterPorts};
 use crate::error::LabError;
 use crate::http::{self, Handler};
 use crate::util::{self, unix_now};
@@ -24,6 +26,8 @@ use state::{Action, State};
 pub struct Master {
     state: Mutex<State>,
     changed: Condvar,
+    /// Where it listens (for the pages' links), once it does.
+    ports: OnceLock<MasterPorts>,
 }
 
 impl Default for Master {
@@ -37,7 +41,17 @@ impl Master {
         Master {
             state: Mutex::new(State::new(unix_now())),
             changed: Condvar::new(),
+            ports: OnceLock::new(),
         }
+    }
+
+    /// Where the master listens; zeros before it does (and in unit tests).
+    pub fn ports(&self) -> MasterPorts {
+        self.ports.get().copied().unwrap_or(MasterPorts {
+            marathon: 0,
+            mesos: 0,
+            fabric: 0,
+        })
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
@@ -79,12 +93,20 @@ pub fn run() -> Result<(), LabError> {
         Arc::new(move |r| api::mesos(&m, r))
     };
     let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    http::serve(local(MARATHON_PORT), marathon).map_err(LabError::new)?;
-    http::serve(local(MESOS_PORT), mesos.clone()).map_err(LabError::new)?;
-    let fabric = SocketAddr::new(cfg.bridge_ip.into(), MESOS_PORT);
-    http::serve(fabric, mesos).map_err(LabError::new)?;
+    let marathon_at = http::serve(local(cfg.listen.marathon), marathon).map_err(LabError::new)?;
+    let mesos_at = http::serve(local(cfg.listen.mesos), mesos.clone()).map_err(LabError::new)?;
+    let fabric = SocketAddr::new(cfg.bridge_ip.into(), cfg.listen.fabric);
+    let fabric_at = http::serve(fabric, mesos).map_err(LabError::new)?;
+    let ports = MasterPorts {
+        marathon: marathon_at.port(),
+        mesos: mesos_at.port(),
+        fabric: fabric_at.port(),
+    };
+    let _ = m.ports.set(ports);
+    let text = serde_json::to_string(&ports).expect("plain data");
+    config::write_atomic(&config::master_ports_file(), text.as_bytes())?;
     eprintln!(
-        "master: Marathon on http://127.0.0.1:{MARATHON_PORT}/, Mesos on http://127.0.0.1:{MESOS_PORT}/ and {fabric}"
+        "master: Marathon on http://{marathon_at}/, Mesos on http://{mesos_at}/ and {fabric_at}"
     );
     let sched = m.clone();
     thread::Builder::new()

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use super::placement::trim;
 use super::state::{State, Task};
-use crate::config::{MARATHON_PORT, MESOS_PORT};
+use crate::config::MasterPorts;
 use crate::mesos_state::ranges_text;
 use crate::util::{esc, iso};
 use crate::wire;
@@ -71,19 +71,29 @@ fn addresses(s: &State, t: &Task) -> String {
     }
 }
 
-fn log_links(t: &Task, port: u16) -> String {
+/// Links to the task's output: both pages serve it, so they are relative.
+fn log_links(t: &Task) -> String {
     if t.sandbox.is_none() {
         return String::new();
     }
     let id = esc(&t.id);
     format!(
-        "<a href=\"http://127.0.0.1:{port}/tasks/{id}/stdout\">stdout</a> · \
-         <a href=\"http://127.0.0.1:{port}/tasks/{id}/stderr\">stderr</a>"
+        "<a href=\"/tasks/{id}/stdout\">stdout</a> · \
+         <a href=\"/tasks/{id}/stderr\">stderr</a>"
     )
 }
 
-/// Marathon's page on 8080.
-pub fn marathon(s: &State) -> String {
+/// The task's container id (the agent's, as netmod knows the container),
+/// with the class tests and tools find it by.
+fn container(t: &Task) -> String {
+    match &t.container_id {
+        Some(c) => format!("<code class=\"container-id\">{}</code>", esc(c)),
+        None => "<span class=\"muted\">-</span>".into(),
+    }
+}
+
+/// Marathon's page.
+pub fn marathon(s: &State, ports: &MasterPorts) -> String {
     let mut b = String::new();
     let _ = write!(b, "<section><h2>Applications ({})</h2>", s.apps.len());
     if s.apps.is_empty() {
@@ -146,37 +156,38 @@ pub fn marathon(s: &State) -> String {
 
     let _ = write!(b, "<section><h2>Tasks ({})</h2>", s.tasks.len());
     b.push_str(
-        "<table><tr><th>Task</th><th>App</th><th>State</th><th>Host</th><th>Addresses</th>\
-         <th>Started</th><th>Output</th></tr>",
+        "<table><tr><th>Task</th><th>App</th><th>State</th><th>Host</th><th>Container</th>\
+         <th>Addresses</th><th>Started</th><th>Output</th></tr>",
     );
     for t in s.tasks.values() {
-        task_row(&mut b, s, t, MARATHON_PORT, true);
+        task_row(&mut b, s, t, true);
     }
     b.push_str("</table></section>");
 
     let recent: Vec<&Task> = s.completed.iter().take(10).collect();
     if !recent.is_empty() {
-        b.push_str("<section><h2>Recently ended</h2><table><tr><th>Task</th><th>App</th><th>State</th><th>Host</th><th>Why</th><th>Output</th></tr>");
+        b.push_str("<section><h2>Recently ended</h2><table><tr><th>Task</th><th>App</th><th>State</th><th>Host</th><th>Container</th><th>Why</th><th>Output</th></tr>");
         for t in recent {
             let _ = write!(
                 b,
-                "<tr><td><code>{}</code></td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td class=\"wrap\">{}</td><td>{}</td></tr>",
+                "<tr><td><code>{}</code></td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td class=\"wrap\">{}</td><td>{}</td></tr>",
                 esc(&t.id),
                 esc(&t.app_id),
                 state_class(&t.state),
                 esc(&t.state),
                 esc(&t.agent),
+                container(t),
                 esc(t.message.as_deref().unwrap_or("")),
-                log_links(t, MARATHON_PORT)
+                log_links(t)
             );
         }
         b.push_str("</table></section>");
     }
-    let nav = format!("<a href=\"http://127.0.0.1:{MESOS_PORT}/\">Mesos</a><a href=\"/v2/apps\">/v2/apps</a><a href=\"/v2/tasks\">/v2/tasks</a><a href=\"/v2/queue\">/v2/queue</a>");
+    let nav = format!("<a href=\"http://127.0.0.1:{}/\">Mesos</a><a href=\"/v2/apps\">/v2/apps</a><a href=\"/v2/tasks\">/v2/tasks</a><a href=\"/v2/queue\">/v2/queue</a>", ports.mesos);
     page("Marathon", &nav, &b)
 }
 
-fn task_row(b: &mut String, s: &State, t: &Task, port: u16, with_app: bool) {
+fn task_row(b: &mut String, s: &State, t: &Task, with_app: bool) {
     let app = if with_app {
         format!("<td>{}</td>", esc(&t.app_id))
     } else {
@@ -184,19 +195,20 @@ fn task_row(b: &mut String, s: &State, t: &Task, port: u16, with_app: bool) {
     };
     let _ = write!(
         b,
-        "<tr><td><code>{}</code></td>{app}<td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        "<tr><td><code>{}</code></td>{app}<td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
         esc(&t.id),
         state_class(&t.state),
         esc(&t.state),
         esc(&t.agent),
+        container(t),
         esc(&addresses(s, t)),
         t.started_at.map(iso).unwrap_or_default(),
-        log_links(t, port)
+        log_links(t)
     );
 }
 
-/// Mesos's page on 5050.
-pub fn mesos(s: &State) -> String {
+/// Mesos's page.
+pub fn mesos(s: &State, ports: &MasterPorts) -> String {
     let mut b = String::new();
     let active = s.agents.values().filter(|a| a.active).count();
     let _ = write!(
@@ -246,9 +258,9 @@ pub fn mesos(s: &State) -> String {
     }
     b.push_str("</table></section>");
     let _ = write!(b, "<section><h2>Active tasks ({})</h2>", s.tasks.len());
-    b.push_str("<table><tr><th>ID</th><th>Name</th><th>State</th><th>Host</th><th>Addresses</th><th>Started</th><th>Sandbox</th></tr>");
+    b.push_str("<table><tr><th>ID</th><th>Name</th><th>State</th><th>Host</th><th>Container</th><th>Addresses</th><th>Started</th><th>Sandbox</th></tr>");
     for t in s.tasks.values() {
-        task_row(&mut b, s, t, MESOS_PORT, false);
+        task_row(&mut b, s, t, false);
     }
     b.push_str("</table></section>");
     let _ = write!(
@@ -256,21 +268,25 @@ pub fn mesos(s: &State) -> String {
         "<section><h2>Completed tasks ({})</h2>",
         s.completed.len()
     );
-    b.push_str("<table><tr><th>ID</th><th>Name</th><th>State</th><th>Host</th><th>Why</th><th>Sandbox</th></tr>");
+    b.push_str("<table><tr><th>ID</th><th>Name</th><th>State</th><th>Host</th><th>Container</th><th>Why</th><th>Sandbox</th></tr>");
     for t in s.completed.iter().take(100) {
         let _ = write!(
             b,
-            "<tr><td><code>{}</code></td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td class=\"wrap\">{}</td><td>{}</td></tr>",
+            "<tr><td><code>{}</code></td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td class=\"wrap\">{}</td><td>{}</td></tr>",
             esc(&t.id),
             esc(&t.name),
             state_class(&t.state),
             esc(&t.state),
             esc(&t.agent),
+            container(t),
             esc(t.message.as_deref().unwrap_or("")),
-            log_links(t, MESOS_PORT)
+            log_links(t)
         );
     }
     b.push_str("</table></section>");
-    let nav = format!("<a href=\"http://127.0.0.1:{MARATHON_PORT}/\">Marathon</a><a href=\"/master/state.json\">state.json</a>");
+    let nav = format!(
+        "<a href=\"http://127.0.0.1:{}/\">Marathon</a><a href=\"/master/state.json\">state.json</a>",
+        ports.marathon
+    );
     page("Mesos", &nav, &b)
 }

@@ -55,6 +55,8 @@ pub struct Task {
     pub ip_addresses: Vec<String>,
     pub cpus: f64,
     pub mem: f64,
+    /// Mesos TaskInfo labels (the app's `labels`).
+    pub labels: BTreeMap<String, String>,
     pub network: Option<NetworkSpec>,
     /// Discovery info (apps with `ipAddress`): the task name and its ports.
     pub discovery_ports: Vec<marathon::DiscoveryPort>,
@@ -382,13 +384,17 @@ impl State {
         let same = t.state == st.state
             && t.ip_addresses == st.ip_addresses
             && t.message == st.message
-            && t.sandbox == st.sandbox;
+            && t.sandbox == st.sandbox
+            && (st.container_id.is_none() || t.container_id == st.container_id);
         if same {
             return;
         }
         if wire::is_terminal(&st.state) {
             if let Some(sb) = st.sandbox {
                 t.sandbox = Some(sb);
+            }
+            if let Some(c) = st.container_id {
+                t.container_id = Some(c);
             }
             t.ip_addresses = st.ip_addresses;
             let msg = st.message.unwrap_or_default();
@@ -632,6 +638,7 @@ impl State {
             host_ports: host_ports.clone(),
             cpus: def.cpus,
             mem: def.mem,
+            labels: def.labels.clone(),
             network: network.clone(),
         };
         let task = Task {
@@ -645,6 +652,7 @@ impl State {
             ip_addresses: Vec::new(),
             cpus: def.cpus,
             mem: def.mem,
+            labels: def.labels.clone(),
             network,
             discovery_ports: def
                 .ip_address

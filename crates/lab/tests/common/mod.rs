@@ -1,10 +1,16 @@
-//! Helpers for the lab's end-to-end tests: run the demo scripts and curl as
-//! a user would, look inside the lab's namespaces, drive headless Chromium.
+//! Helpers for the lab's end-to-end tests: a lab instance of each test's
+//! own, driven as a user would (the demo scripts, curl with the demo's JSON
+//! files), looks inside its namespaces, headless Chromium.
 //!
-//! The lab is one per machine (fixed names, ports 8080 and 5050), so every
-//! test takes [`LAB`] first. Requirements (root, iproute2, curl, nsenter,
-//! chromium, the netmod binary beside netmod-lab) are checked up front: a
-//! missing one fails the test under CI and is reported loudly otherwise.
+//! Hermetic: every test brings up its own lab (`--name`, unique per run)
+//! with its own namespaces, interfaces, run directory and store, its own
+//! fabric range, and master ports the system chooses (read back from `lab
+//! status --json`). Only the tests that need the demo's address pool
+//! (`192.168.0.0/16`, a machine-wide route: the demo's collectors have fixed
+//! addresses in it) take [`demo_pool`] first. Requirements (root, iproute2,
+//! curl, nsenter, chromium, etcd, the netmod and star binaries beside
+//! netmod-lab) are checked up front, and a missing one fails the test with
+//! the reason, under CI or not.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
@@ -19,12 +25,16 @@ use serde_json::Value;
 
 pub const LAB_EXE: &str = env!("CARGO_BIN_EXE_netmod-lab");
 pub const CHROMIUM: &str = "/usr/bin/chromium";
+pub const ETCD: &str = "/usr/bin/etcd";
+/// The demo's pool: its group files give the collectors fixed addresses in it.
+pub const DEMO_POOL: &str = "192.168.0.0/16";
 
-static LAB: Mutex<()> = Mutex::new(());
+static POOL: Mutex<()> = Mutex::new(());
 
-/// The machine's one lab slot.
-pub fn lab_slot() -> MutexGuard<'static, ()> {
-    LAB.lock().unwrap_or_else(|e| e.into_inner())
+/// The demo's address pool is a route of the whole machine: one lab at a
+/// time may have it.
+pub fn demo_pool() -> MutexGuard<'static, ()> {
+    POOL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub fn repo() -> PathBuf {
@@ -35,7 +45,7 @@ pub fn repo() -> PathBuf {
 }
 
 /// Where screenshots go: `docs/img/` (used by the READMEs) when
-/// `NETMOD_UPDATE_SCREENSHOTS` is set, else `target/lab-screenshots/`.
+/// `NETMOD_UPDATE_SCREENSHOTS` is set, else `target/debug/lab-screenshots/`.
 pub fn shots() -> PathBuf {
     if std::env::var_os("NETMOD_UPDATE_SCREENSHOTS").is_some() {
         repo().join("docs/img")
@@ -56,21 +66,27 @@ fn have(prog: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Checks what the lab tests need. Under CI a gap fails; elsewhere the
-/// test prints what is missing and returns false (the caller returns).
-pub fn requirements(browser: bool) -> bool {
+/// Checks what the lab tests need; a gap fails the test, saying what is
+/// missing and how to get it.
+pub fn requirements(browser: bool) {
     let mut missing = Vec::new();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_string());
+        missing.push("root (the lab makes namespaces and routes)".to_string());
     }
-    for p in ["ip", "curl", "nsenter", "bash"] {
+    for (p, pkg) in [
+        ("ip", "iproute2"),
+        ("curl", "curl"),
+        ("nsenter", "util-linux"),
+        ("bash", "bash"),
+        ("timeout", "coreutils"),
+    ] {
         if !have(p) {
-            missing.push(p.to_string());
+            missing.push(format!("{p} (apt-get install {pkg})"));
         }
     }
     if browser && !Path::new(CHROMIUM).exists() {
-        missing.push(CHROMIUM.to_string());
+        missing.push(format!("{CHROMIUM} (apt-get install chromium)"));
     }
     if !netmod().is_file() {
         missing.push(format!("{} (cargo build -p netmod)", netmod().display()));
@@ -81,36 +97,19 @@ pub fn requirements(browser: bool) -> bool {
             missing.push(format!("{} (cargo build -p star)", p.display()));
         }
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("the lab tests need: {}", missing.join(", "));
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("NOT RUN: {msg}");
-    false
-}
-
-/// Runs a demo script (with this build's netmod), asserting success.
-pub fn script(name: &str) -> String {
-    let out = script_output(name, &[]);
     assert!(
-        out.status.success(),
-        "demo/{name} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        missing.is_empty(),
+        "the lab tests need: {}",
+        missing.join(", ")
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-pub fn script_output(name: &str, args: &[&str]) -> Output {
-    Command::new("bash")
-        .arg(repo().join("demo").join(name))
-        .args(args)
-        .env("NETMOD", netmod())
-        .output()
-        .unwrap()
+/// The lab's `--store etcd` needs Debian's etcd server.
+pub fn etcd_requirement() {
+    assert!(
+        Path::new(ETCD).is_file(),
+        "this test needs {ETCD} (apt-get install etcd-server)"
+    );
 }
 
 /// `netmod ARGS` (this build).
@@ -146,7 +145,7 @@ pub fn get(url: &str) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {body}"))
 }
 
-/// Polls `f` until it returns Some, or fails with the last `why`.
+/// Polls `f` until it returns Ok, or fails with the last `why`.
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + limit;
     let mut why = String::new();
@@ -160,38 +159,320 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<T,
     panic!("timed out after {limit:?} waiting for {what}: {why}");
 }
 
-/// Marathon's tasks of one group, running.
-pub fn running_tasks(group: &str) -> Vec<Value> {
-    let v = get("http://127.0.0.1:8080/v2/tasks");
-    v["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| {
-            t["appId"]
-                .as_str()
-                .unwrap()
-                .starts_with(&format!("/{group}/"))
-                && t["state"] == "TASK_RUNNING"
-        })
-        .cloned()
-        .collect()
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
-/// Waits until `n` tasks of the group run.
-pub fn wait_running(group: &str, n: usize) -> Vec<Value> {
-    wait_for(
-        &format!("{n} running tasks in /{group}"),
-        Duration::from_secs(60),
-        || {
-            let t = running_tasks(group);
-            if t.len() == n {
-                Ok(t)
-            } else {
-                Err(format!("{} running: {t:?}", t.len()))
+/// A lab of the test's own. Taken down (best effort) when dropped, so a
+/// failing test leaves nothing behind either.
+pub struct Lab {
+    pub name: String,
+    pub fabric: String,
+    /// `lab status --json` from when it came up: names, addresses, ports.
+    cfg: Option<Value>,
+}
+
+impl Lab {
+    /// A lab named `t-<tag>-<random>` (unique per run) on its own fabric.
+    pub fn new(tag: &str, fabric: &str) -> Lab {
+        Lab {
+            name: format!("t{tag}{}", netmod_lab::util::random_hex(3)),
+            fabric: fabric.to_string(),
+            cfg: None,
+        }
+    }
+
+    /// `netmod-lab lab --name <name> ARGS`.
+    pub fn lab(&self, args: &[&str]) -> Output {
+        Command::new(LAB_EXE)
+            .args(["lab", "--name", &self.name])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a demo script against this lab: `NETMOD` is this build,
+    /// `NETMOD_LAB` names the lab, `MARATHON` is its Marathon (once up).
+    pub fn script(&self, name: &str, args: &[&str]) -> Output {
+        let mut c = Command::new("bash");
+        c.arg(repo().join("demo").join(name))
+            .args(args)
+            .env("NETMOD", netmod())
+            .env("NETMOD_LAB", &self.name);
+        if self.cfg.is_some() {
+            c.env("MARATHON", self.marathon(""));
+        }
+        c.output().unwrap()
+    }
+
+    /// A demo script that must succeed.
+    pub fn script_ok(&self, name: &str, args: &[&str]) -> String {
+        let out = self.script(name, args);
+        assert!(out.status.success(), "demo/{name} failed:\n{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Brings the lab up with a demo script (`launch-cluster*.sh`), on its
+    /// own fabric; reads back what it built.
+    pub fn up_with(&mut self, script: &str, args: &[&str]) {
+        let all = [
+            &["--name", self.name.as_str(), "--fabric", &self.fabric],
+            args,
+        ]
+        .concat();
+        let out = self.script(script, &all);
+        assert!(
+            out.status.success(),
+            "{script} {all:?} failed:\n{}",
+            text(&out)
+        );
+        self.cfg = Some(self.status());
+    }
+
+    /// `lab status --json`.
+    pub fn status(&self) -> Value {
+        let out = self.lab(&["status", "--json"]);
+        assert!(out.status.success(), "lab status: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn cfg(&self) -> &Value {
+        self.cfg.as_ref().expect("the lab is up")
+    }
+
+    pub fn marathon(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.cfg()["ports"]["marathon"])
+    }
+
+    pub fn mesos(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.cfg()["ports"]["mesos"])
+    }
+
+    /// Agent hosts' names and fabric addresses.
+    pub fn agents(&self) -> Vec<(String, String)> {
+        self.cfg()["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["name"].as_str().unwrap().to_string(),
+                    a["ip"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn agent_ip(&self, host: &str) -> String {
+        self.agents()
+            .into_iter()
+            .find(|(n, _)| n == host)
+            .unwrap_or_else(|| panic!("no agent {host} in {:?}", self.agents()))
+            .1
+    }
+
+    pub fn store(&self) -> String {
+        self.cfg()["store"].as_str().unwrap().to_string()
+    }
+
+    pub fn star_dir(&self) -> PathBuf {
+        PathBuf::from(self.cfg()["star_dir"].as_str().unwrap())
+    }
+
+    /// What `stage_files` in the demo scripts does, for this lab: the
+    /// resource files the collectors fetch, into the lab's star directory.
+    pub fn stage_files(&self) {
+        for e in std::fs::read_dir(repo().join("demo/marathon")).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("star-resources") {
+                std::fs::copy(&p, self.star_dir().join(&name)).unwrap();
             }
-        },
-    )
+        }
+    }
+
+    /// `PUT /v2/groups/<id>` with a demo file, as the demo scripts send it,
+    /// its `file://` URIs pointed at this lab's star directory (the files
+    /// name the default lab's).
+    pub fn put_group(&self, id: &str, file: &str) -> (u16, String) {
+        self.stage_files();
+        let body = std::fs::read_to_string(repo().join("demo/marathon").join(file))
+            .unwrap()
+            .replace(
+                "file:///run/netmod-lab/star/",
+                &format!("file://{}/", self.star_dir().display()),
+            );
+        curl(
+            "PUT",
+            &self.marathon(&format!("/v2/groups/{id}")),
+            None,
+            Some(&body),
+        )
+    }
+
+    pub fn put_group_ok(&self, id: &str, file: &str) {
+        let (code, body) = self.put_group(id, file);
+        assert_eq!(code, 200, "PUT /v2/groups/{id} ({file}): {body}");
+    }
+
+    /// Marathon's tasks of one group, running.
+    pub fn running_tasks(&self, group: &str) -> Vec<Value> {
+        let v = get(&self.marathon("/v2/tasks"));
+        v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| {
+                t["appId"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("/{group}/"))
+                    && t["state"] == "TASK_RUNNING"
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `n` tasks of the group run.
+    pub fn wait_running(&self, group: &str, n: usize) -> Vec<Value> {
+        wait_for(
+            &format!("{n} running tasks in /{group}"),
+            Duration::from_secs(90),
+            || {
+                let t = self.running_tasks(group);
+                if t.len() == n {
+                    Ok(t)
+                } else {
+                    Err(format!("{} running: {t:?}", t.len()))
+                }
+            },
+        )
+    }
+
+    /// `lab down` through the demo script (the lab named by `NETMOD_LAB`),
+    /// asserting it left nothing.
+    pub fn down(&mut self, script: &str, store: Option<&Path>) {
+        self.script_ok(script, &[]);
+        let left = self.leftovers(store);
+        assert_eq!(left, Vec::<String>::new(), "lab down left something");
+        self.cfg = None;
+    }
+
+    /// Everything of this lab that could be left behind; empty when it left
+    /// nothing. Found independently of the lab's own bookkeeping: by its
+    /// name, the interfaces it recorded, its run directory and processes.
+    pub fn leftovers(&self, store: Option<&Path>) -> Vec<String> {
+        let mut left = Vec::new();
+        let ns_prefix = format!("{}-", self.name);
+        let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        for l in String::from_utf8_lossy(&ns.stdout).lines() {
+            if l.starts_with(&ns_prefix) {
+                left.push(format!("namespace {l}"));
+            }
+        }
+        let mut links: Vec<String> = Vec::new();
+        if let Some(cfg) = &self.cfg {
+            links.push(cfg["bridge"].as_str().unwrap().to_string());
+            for a in cfg["agents"].as_array().unwrap() {
+                links.push(a["root_veth"].as_str().unwrap().to_string());
+            }
+            let if_prefix = links[0].trim_end_matches("-br0").to_string();
+            links.push(format!("{if_prefix}-setcd"));
+        }
+        let out = Command::new("ip").args(["-o", "link"]).output().unwrap();
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = l
+                .split(": ")
+                .nth(1)
+                .unwrap_or("")
+                .split('@')
+                .next()
+                .unwrap();
+            if links.iter().any(|x| x == name) {
+                left.push(format!("link {l}"));
+            }
+        }
+        let routes = Command::new("ip")
+            .args(["-4", "route", "show", "table", "all"])
+            .output()
+            .unwrap();
+        for l in String::from_utf8_lossy(&routes.stdout).lines() {
+            let dev = l.split(" dev ").nth(1).and_then(|r| r.split(' ').next());
+            if dev.is_some_and(|d| links.iter().any(|x| x == d)) {
+                left.push(format!("route {l}"));
+            }
+        }
+        let run_dir = format!("/run/netmod-lab-{}", self.name);
+        let marker = format!(" lab --name {} ", self.name);
+        let node = format!(" node --hostname {}-agent-", self.name);
+        let sandbox = format!("MESOS_SANDBOX={run_dir}/");
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, r)| r.starts_with('Z'));
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let task = String::from_utf8_lossy(&env).contains(&sandbox);
+            let daemon = cmd.contains(&marker)
+                || cmd.contains(&node)
+                || cmd.contains(&format!("{run_dir}/"));
+            let mine = pid == std::process::id();
+            if !zombie && !mine && (task || daemon) {
+                left.push(format!("process {pid}: {cmd}"));
+            }
+        }
+        if Path::new(&run_dir).exists() {
+            left.push(run_dir);
+        }
+        if let Some(store) = store {
+            let out = netmod_cmd(&[
+                "--store",
+                &store.display().to_string(),
+                "-o",
+                "json",
+                "ipam",
+                "show",
+            ]);
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            for p in v["pools"].as_array().into_iter().flatten() {
+                if p["used"].as_u64().unwrap_or(0) > 0 {
+                    left.push(format!("allocations in {}: {p}", store.display()));
+                }
+            }
+        }
+        left
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.cfg.is_some() || Path::new(&format!("/run/netmod-lab-{}", self.name)).exists() {
+            let out = self.lab(&["down"]);
+            if !out.status.success() {
+                eprintln!("lab {} down after the test: {}", self.name, text(&out));
+            }
+        }
+    }
+}
+
+/// Whether a route to `dst` exists on the machine (any table but local).
+pub fn has_route(dst: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["-4", "route", "show", "table", "all"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with(&format!("{dst} ")))
 }
 
 pub fn task_of<'a>(tasks: &'a [Value], app: &str) -> &'a Value {
@@ -274,6 +555,20 @@ pub fn dom_edges(dom: &str, class: &str) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+/// The container ids a lab page shows.
+pub fn page_container_ids(html: &str) -> BTreeSet<String> {
+    let needle = "<code class=\"container-id\">";
+    html.match_indices(needle)
+        .map(|(i, _)| {
+            html[i + needle.len()..]
+                .split('<')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
 fn chromium(args: &[String]) -> String {
     let profile = std::env::temp_dir().join(format!(
         "nmlab-chromium-{}",
@@ -341,84 +636,4 @@ pub fn screenshot(url: &str, path: &Path) {
         url.into(),
     ]);
     assert!(path.is_file(), "no screenshot at {}", path.display());
-}
-
-/// Everything the lab could leave behind; empty when it left nothing.
-pub fn leftovers(store: Option<&Path>) -> Vec<String> {
-    let mut left = Vec::new();
-    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    for l in String::from_utf8_lossy(&ns.stdout).lines() {
-        if l.starts_with("nmlab-") {
-            left.push(format!("namespace {l}"));
-        }
-    }
-    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
-    for l in String::from_utf8_lossy(&links.stdout).lines() {
-        if l.contains(": nmlab-") {
-            left.push(format!("link {l}"));
-        }
-    }
-    let routes = Command::new("ip")
-        .args(["route", "show", "table", "all"])
-        .output()
-        .unwrap();
-    for l in String::from_utf8_lossy(&routes.stdout).lines() {
-        if l.contains("nmlab-") || l.starts_with("192.168.0.0/16") {
-            left.push(format!("route {l}"));
-        }
-    }
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, r)| r.starts_with('Z'));
-        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let task = String::from_utf8_lossy(&env).contains("MESOS_SANDBOX=/run/netmod-lab/");
-        let daemon = cmd.contains("netmod-lab lab master")
-            || cmd.contains("netmod-lab lab agent")
-            || (cmd.contains("netmod") && cmd.contains(" node --hostname nmlab-"));
-        if !zombie && (task || daemon) {
-            left.push(format!("process {pid}: {cmd}"));
-        }
-    }
-    if Path::new("/run/netmod-lab").exists() {
-        left.push("/run/netmod-lab".into());
-    }
-    if let Some(store) = store {
-        let out = netmod_cmd(&[
-            "--store",
-            &store.display().to_string(),
-            "-o",
-            "json",
-            "ipam",
-            "show",
-        ]);
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        for p in v["pools"].as_array().into_iter().flatten() {
-            if p["used"].as_u64().unwrap_or(0) > 0 {
-                left.push(format!("allocations in {}: {p}", store.display()));
-            }
-        }
-    }
-    left
-}
-
-/// Takes any lab down (tests own the machine's lab slot), asserting nothing
-/// is left.
-pub fn clean_slate() {
-    let out = Command::new(LAB_EXE)
-        .args(["lab", "down"])
-        .output()
-        .unwrap();
-    let left = leftovers(None);
-    assert!(
-        left.is_empty(),
-        "the machine has lab leftovers that `lab down` did not remove: {left:?}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

@@ -1,4 +1,4 @@
-//! `netmod lab bench`: the lab measured, written to `bench/results/lab.md`.
+//! `netmod bench lab`: the lab measured, written to `bench/results/lab.md`.
 //!
 //! - time from `PUT /v2/groups/star` (the per-task-IP demo group) to all
 //!   five tasks running, and to every pair reachable as the collector sees it;
@@ -16,23 +16,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::config::{LabConfig, MARATHON_PORT};
-use crate::demo::{check, read_matrix, Scene, STARS};
-use crate::error::{fail, Context, LabError};
-use crate::http;
-use crate::procs;
-use crate::util;
+use netmod_lab::config::{LabConfig, MARATHON_PORT};
+use netmod_lab::demo::{check, read_matrix, Scene, STARS};
+use netmod_lab::error::{fail, Context, LabError};
+use netmod_lab::http;
+use netmod_lab::procs;
+use netmod_lab::util;
 
-#[derive(clap::Args, Debug)]
+#[derive(Debug)]
 pub struct BenchArgs {
     /// Where to write the results.
-    #[arg(long, default_value = "bench/results/lab.md")]
     pub out: PathBuf,
     /// Instances to scale the ipAddress app to.
-    #[arg(long, default_value_t = 50)]
     pub scale: u32,
     /// Seconds of idle sampling for memory and CPU.
-    #[arg(long, default_value_t = 10)]
     pub idle_secs: u64,
 }
 
@@ -41,7 +38,10 @@ fn marathon(path: &str) -> String {
 }
 
 fn lab(args: &[&str]) -> Result<(), LabError> {
-    let me = std::env::current_exe().context(|| "cannot find netmod-lab".into())?;
+    // The default lab, run by the netmod-lab binary installed beside us.
+    let me = std::env::current_exe()
+        .context(|| "cannot find netmod-bench".into())?
+        .with_file_name("netmod-lab");
     let out = Command::new(me)
         .arg("lab")
         .args(args)
@@ -236,7 +236,7 @@ fn scale_app(id: &str, own_ip: bool) -> Value {
     app
 }
 
-/// `netmod lab bench`.
+/// `netmod bench lab`.
 pub fn run(args: &BenchArgs) -> Result<(), LabError> {
     if LabConfig::path().exists() {
         return fail("a lab is up: the benchmark builds its own (run `netmod lab down` first)");
@@ -353,7 +353,7 @@ fn measure(args: &BenchArgs) -> Result<String, LabError> {
          module does; the baseline launches the same task on host networking. Staged → \
          running per task includes queueing behind the other launches of the scale-up on \
          2 cores. \"Every pair reachable\" is what the collector reports, so it includes a \
-         probe round and a collector round (2 s intervals each). `netmod lab bench` \
+         probe round and a collector round (2 s intervals each). `netmod bench lab` \
          reproduces this file."
     );
     Ok(md)
