@@ -324,6 +324,10 @@ pub fn sandbox_root() -> PathBuf {
 pub fn master_ports_file() -> PathBuf {
     run_dir().join("master-ports.json")
 }
+/// The lab's control token (see [`crate::auth`]); never in `lab.json`.
+pub fn token_file() -> PathBuf {
+    run_dir().join(crate::auth::TOKEN_FILE)
+}
 /// The default store: the lab's own SQLite file.
 pub fn default_store() -> PathBuf {
     run_dir().join("netmod.db")

@@ -627,16 +627,25 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
             Err(e) => println!("  ✘ {title}: {e}"),
         }
     }
-    if util::terminating() {
-        return fail("interrupted");
-    }
-    outcome?;
-    if results.len() == 3 && results.iter().all(|(_, r)| r.is_ok()) {
+    let verdict = if util::terminating() {
+        fail("interrupted")
+    } else if let Err(e) = outcome {
+        Err(e)
+    } else if results.len() == 3 && results.iter().all(|(_, r)| r.is_ok()) {
         println!("All three scenes match the seed's story.");
         Ok(())
     } else {
         fail("the demo does not match the seed's story (see above)")
+    };
+    // The kept lab's store, last: `eval` the line and every netmod command
+    // sees the lab's endpoints.
+    if kept {
+        if let Ok(cfg) = LabConfig::load() {
+            println!();
+            crate::lab::print_store_export(&cfg);
+        }
     }
+    verdict
 }
 
 #[cfg(test)]

@@ -7,13 +7,14 @@
 //! instance's name (see [`Instance`]) so `lab down` finds its own and only
 //! its own.
 
+use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-use crate::config::{AgentHost, Instance, LabConfig, HOST_IF};
+use crate::config::{AgentHost, Instance, LabConfig, AGENT_PORT, HOST_IF};
 use crate::error::{fail, Context, LabError};
 
 /// Runs `ip ARGS`, returning stdout; the error carries ip's own message.
@@ -263,6 +264,62 @@ pub fn create(cfg: &LabConfig) -> Result<(), LabError> {
     Ok(())
 }
 
+/// The nftables table the lab adds to each agent host (netmod's own is
+/// `inet netmod`; neither touches the other's).
+pub const GUARD_TABLE: &str = "netmod_lab";
+
+/// The rules that keep an agent's control port to the master: a connection
+/// to it is taken only over the fabric interface, from the bridge address
+/// (where the master's connections come from); every other one — from the
+/// host's own tasks (through their veths, or over `lo` for host-network
+/// tasks), from tasks and hosts elsewhere on the fabric — is reset.
+pub fn control_port_rules(bridge_ip: Ipv4Addr, agent: &AgentHost) -> String {
+    let port = AGENT_PORT;
+    format!(
+        "add table inet {GUARD_TABLE}\n\
+         delete table inet {GUARD_TABLE}\n\
+         table inet {GUARD_TABLE} {{\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority -10; policy accept;\n\
+         \t\ttcp dport {port} iifname \"{HOST_IF}\" ip saddr {bridge_ip} ip daddr {ip} accept \
+         comment \"the lab's master, over the fabric\"\n\
+         \t\ttcp dport {port} reject with tcp reset \
+         comment \"nobody else: not this host's tasks, not the fabric\"\n\
+         \t}}\n\
+         }}\n",
+        ip = agent.ip,
+    )
+}
+
+/// Installs [`control_port_rules`] in an agent host's namespace (before the
+/// agent listens).
+pub fn guard_control_port(cfg: &LabConfig, agent: &AgentHost) -> Result<(), LabError> {
+    let rules = control_port_rules(cfg.bridge_ip, agent);
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &agent.name, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context(|| "cannot run ip netns exec ... nft (is nftables installed?)".into())?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(rules.as_bytes())
+            .context(|| "cannot hand nft its rules".into())?;
+    }
+    let out = child
+        .wait_with_output()
+        .context(|| "cannot run nft".into())?;
+    if !out.status.success() {
+        return fail(format!(
+            "cannot guard {}'s control port with nftables: {}",
+            agent.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
 /// Routes the pool from the machine into the fabric, via agent 1. Done
 /// before any task starts, so traffic to pool addresses never falls through
 /// to the machine's default route.
@@ -389,6 +446,30 @@ mod tests {
         assert!(e.to_string().contains("--fabric"), "{e}");
         let e = check_ranges(&[], &fabric, Some(&"10.0.0.0/8".parse().unwrap())).unwrap_err();
         assert!(e.to_string().contains("overlaps the fabric"), "{e}");
+    }
+
+    #[test]
+    fn only_the_master_reaches_an_agents_control_port() {
+        let lab = Instance::default_instance();
+        let (br, agents) = plan(&lab, &"10.234.0.0/24".parse().unwrap(), 2).unwrap();
+        let rules = control_port_rules(br, &agents[1]);
+        let lines: Vec<&str> = rules.lines().map(str::trim).collect();
+        assert!(lines.contains(&"type filter hook input priority -10; policy accept;"));
+        let accept = lines
+            .iter()
+            .position(|l| {
+                l.starts_with(
+                    "tcp dport 5051 iifname \"eth0\" ip saddr 10.234.0.1 ip daddr 10.234.0.12 accept",
+                )
+            })
+            .expect(&rules);
+        let reject = lines
+            .iter()
+            .position(|l| l.starts_with("tcp dport 5051 reject with tcp reset"))
+            .expect(&rules);
+        assert!(accept < reject, "{rules}");
+        // Replaces an earlier copy rather than adding to it.
+        assert!(rules.starts_with("add table inet netmod_lab\ndelete table inet netmod_lab\n"));
     }
 
     #[test]

@@ -80,12 +80,26 @@ pub fn request(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<Response, String> {
+    request_with(method, url, body, &[], timeout)
+}
+
+/// [`request`] with extra headers (the lab's control token, for one).
+pub fn request_with(
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Response, String> {
     let fail = |e: &dyn std::fmt::Display| format!("{method} {url}: {e}");
     parse_url(url)?;
-    let builder = ureq::http::Request::builder()
+    let mut builder = ureq::http::Request::builder()
         .method(method)
         .uri(url)
         .header("Accept", "application/json");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
     let agent = agent();
     let result = match body {
         Some(b) => {
@@ -141,7 +155,24 @@ pub fn send_json(
     body: &Value,
     timeout: Duration,
 ) -> Result<(u16, Value), String> {
-    let r = request(method, url, Some(body.to_string().as_bytes()), timeout)?;
+    send_json_with(method, url, body, &[], timeout)
+}
+
+/// [`send_json`] with extra headers.
+pub fn send_json_with(
+    method: &str,
+    url: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(u16, Value), String> {
+    let r = request_with(
+        method,
+        url,
+        Some(body.to_string().as_bytes()),
+        headers,
+        timeout,
+    )?;
     let v = if r.body.is_empty() {
         Value::Null
     } else {
@@ -158,6 +189,8 @@ pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// Headers besides `Content-Type`.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
@@ -166,6 +199,7 @@ impl Reply {
             status,
             content_type: "application/json",
             body: value.to_string().into_bytes(),
+            headers: Vec::new(),
         }
     }
     pub fn html(body: String) -> Reply {
@@ -173,6 +207,7 @@ impl Reply {
             status: 200,
             content_type: "text/html; charset=utf-8",
             body: body.into_bytes(),
+            headers: Vec::new(),
         }
     }
     pub fn text(status: u16, body: impl Into<Vec<u8>>) -> Reply {
@@ -180,6 +215,7 @@ impl Reply {
             status,
             content_type: "text/plain; charset=utf-8",
             body: body.into(),
+            headers: Vec::new(),
         }
     }
     /// Marathon's error shape: `{"message": ...}`.
@@ -188,6 +224,11 @@ impl Reply {
     }
     pub fn not_found() -> Reply {
         Reply::message(404, "not found")
+    }
+    /// The reply with one more header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
     }
     pub fn body_json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
@@ -200,6 +241,8 @@ pub struct Request {
     pub method: String,
     pub path: String,
     pub query: String,
+    /// Every header as sent, in order.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -213,8 +256,23 @@ impl Request {
             method: method.to_string(),
             path: percent_decode(&path),
             query,
+            headers: Vec::new(),
             body: body.to_vec(),
         }
+    }
+
+    /// The request with one more header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Request {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// The first value of a header (names compare case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// A query parameter's value.
@@ -273,7 +331,12 @@ pub fn serve(addr: SocketAddr, handler: Handler) -> Result<SocketAddr, String> {
                     let reply = if too_big {
                         Reply::message(413, "the request body is too large or unreadable")
                     } else {
-                        let r = Request::new(req.method().as_str(), req.url(), &body);
+                        let mut r = Request::new(req.method().as_str(), req.url(), &body);
+                        r.headers = req
+                            .headers()
+                            .iter()
+                            .map(|h| (h.field.to_string(), h.value.to_string()))
+                            .collect();
                         handler(&r)
                     };
                     let header = tiny_http::Header::from_bytes(
@@ -281,9 +344,16 @@ pub fn serve(addr: SocketAddr, handler: Handler) -> Result<SocketAddr, String> {
                         reply.content_type.as_bytes(),
                     )
                     .expect("static header");
-                    let response = tiny_http::Response::from_data(reply.body)
+                    let mut response = tiny_http::Response::from_data(reply.body)
                         .with_status_code(reply.status)
                         .with_header(header);
+                    for (name, value) in &reply.headers {
+                        if let Ok(h) =
+                            tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
+                        {
+                            response.add_header(h);
+                        }
+                    }
                     let _ = req.respond(response);
                 });
             }
@@ -355,6 +425,36 @@ mod tests {
             let v = get_json(&format!("{base}/json?q={i}"), t).unwrap();
             assert_eq!(v["q"], i.to_string());
         }
+    }
+
+    #[test]
+    fn headers_travel_both_ways() {
+        let base = server(|r| {
+            Reply::text(200, r.header("x-token").unwrap_or("none").to_string())
+                .with_header("X-Answer", "42")
+        });
+        let t = Duration::from_secs(10);
+        let r = request_with("GET", &format!("{base}/"), None, &[("X-Token", "abc")], t).unwrap();
+        assert_eq!(r.text(), "abc");
+        assert_eq!(
+            request("GET", &format!("{base}/"), None, t).unwrap().text(),
+            "none"
+        );
+        let (status, body) = send_json_with(
+            "POST",
+            &format!("{base}/"),
+            &serde_json::json!({}),
+            &[("x-TOKEN", "def")],
+            t,
+        )
+        .unwrap();
+        assert_eq!((status, body), (200, Value::String("def".into())));
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-D", "-", "-o", "/dev/null", &format!("{base}/")])
+            .output()
+            .expect("curl");
+        let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        assert!(head.contains("x-answer: 42"), "{head}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
+use crate::auth;
 use crate::config::{
     self, LabConfig, MasterPorts, DEFAULT_FABRIC, DEFAULT_POOL, MARATHON_PORT, MESOS_PORT,
 };
@@ -190,6 +191,13 @@ pub fn up(args: &UpArgs) -> Result<(), LabError> {
             "--store etcd needs {ETCD_BIN} (apt-get install etcd-server)"
         ));
     }
+    let nft = Command::new("nft").arg("--version").output();
+    if !nft.is_ok_and(|o| o.status.success()) {
+        return fail(
+            "the lab guards each agent's control port with nftables: nft is missing \
+             (apt-get install nftables)",
+        );
+    }
     let mut namespaces: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
     let mut links: Vec<String> = agents.iter().map(|a| a.root_veth.clone()).collect();
     links.push(lab.bridge());
@@ -215,7 +223,7 @@ pub fn up(args: &UpArgs) -> Result<(), LabError> {
             format!("etcd://{ip}:{ETCD_PORT}?prefix=/netmod-lab/"),
             false,
         ),
-        (Some(s), None) => (s.clone(), false),
+        (Some(s), None) => (absolute_store(s)?, false),
         (None, None) => (config::default_store().display().to_string(), true),
     };
     let mut cfg = LabConfig {
@@ -305,11 +313,54 @@ fn start_etcd(cfg: &LabConfig, ip: std::net::Ipv4Addr) -> Result<(), LabError> {
     Ok(())
 }
 
+/// A `--store` path relative to where `lab up` runs, made absolute: every
+/// netmod command the lab runs, and the `NETMOD_STORE` line it prints, must
+/// name the same file from anywhere.
+fn absolute_store(store: &str) -> Result<String, LabError> {
+    if store.contains("://") || Path::new(store).is_absolute() {
+        return Ok(store.to_string());
+    }
+    let cwd = std::env::current_dir().context(|| "cannot read the current directory".into())?;
+    Ok(cwd.join(store).display().to_string())
+}
+
+/// The shell line that makes every `netmod` command see the lab's store
+/// (`eval` it, or paste it): `export NETMOD_STORE=…`, quoted for the shell
+/// where needed. Without the isolator netmod keeps no store for the lab:
+/// then a comment saying so (harmless to `eval` too).
+pub fn store_export(cfg: &LabConfig) -> String {
+    if !cfg.isolator {
+        return "# no isolator: netmod keeps no store for this lab (no NETMOD_STORE to set)"
+            .to_string();
+    }
+    format!("export NETMOD_STORE={}", shell_quote(&cfg.store))
+}
+
+/// `s` as one shell word: bare when it is plainly safe, else single-quoted.
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'_' | b'@' | b'%' | b'+' | b'=' | b':' | b',' | b'.' | b'/' | b'-'
+                )
+        });
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 fn build(
     cfg: &mut LabConfig,
     bin_dir: &Path,
     etcd_ip: Option<std::net::Ipv4Addr>,
 ) -> Result<(), LabError> {
+    // The secret the master and the agents prove themselves with (see
+    // `auth`): made before either starts, readable by root only.
+    auth::Token::create(&config::token_file())?;
     // The seed's /star directory: the star binaries (linked), and room for
     // the files the demo's apps fetch.
     fs::create_dir_all(&cfg.star_dir).context(|| "cannot create the star directory".into())?;
@@ -333,9 +384,16 @@ fn build(
     ));
     fabric::create(cfg)?;
     for a in &cfg.agents {
+        // Before the agent listens: its control port is the master's only.
+        fabric::guard_control_port(cfg, a)?;
         say(format!(
-            "host {}: {} (namespace {}, default route via {})",
-            a.name, a.ip, a.name, cfg.bridge_ip
+            "host {}: {} (namespace {}, default route via {}; control port {} from {} only)",
+            a.name,
+            a.ip,
+            a.name,
+            cfg.bridge_ip,
+            config::AGENT_PORT,
+            cfg.bridge_ip
         ));
     }
     if let Some(ip) = etcd_ip {
@@ -531,6 +589,16 @@ fn print_summary(cfg: &LabConfig) {
         url(cfg.marathon_url()),
         url(cfg.mesos_url()),
     );
+    print_store_export(cfg);
+}
+
+/// The last lines of `lab up`, `lab status` and `demo --keep`: how every
+/// netmod command gets to see the lab's store.
+pub fn print_store_export(cfg: &LabConfig) {
+    if cfg.isolator {
+        println!("  For every netmod command to use the lab's store (`netmod endpoints`, `netmod explain` …):");
+    }
+    println!("{}", store_export(cfg));
 }
 
 /// `netmod lab status`.
@@ -633,6 +701,7 @@ pub fn status(args: &StatusArgs) -> Result<(), LabError> {
             }
         }
     }
+    print_store_export(&cfg);
     Ok(())
 }
 
@@ -737,4 +806,67 @@ pub fn down_quiet() -> Result<Vec<String>, LabError> {
         let _ = fs::remove_dir_all(config::run_dir());
     }
     Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn cfg(store: &str, isolator: bool) -> LabConfig {
+        serde_json::from_value(serde_json::json!({
+            "name": "t1", "run_id": "x", "run_dir": "/run/netmod-lab-t1", "fabric": "10.9.0.0/24",
+            "bridge": "t1-br0", "bridge_ip": "10.9.0.1", "agents": [], "pool": null,
+            "isolator": isolator, "store": store, "store_owned": true, "netmod": "/n",
+            "lab_exe": "/l", "star_dir": "/run/netmod-lab-t1/star", "agent_cpus": 1.0,
+            "agent_mem": 1.0, "created_at": 0.0,
+            "listen": {"marathon": 0, "mesos": 0, "fabric": 0}, "ports": null
+        }))
+        .unwrap()
+    }
+
+    /// What `sh` makes of `eval "$line"; printf %s "$NETMOD_STORE"`.
+    fn eval(line: &str) -> String {
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                "eval \"$1\"; printf %s \"${NETMOD_STORE-unset}\"",
+                "sh",
+                line,
+            ])
+            .env_remove("NETMOD_STORE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{line}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn the_store_export_line_evals_to_the_store() {
+        let line = store_export(&cfg("/run/netmod-lab/netmod.db", true));
+        assert_eq!(line, "export NETMOD_STORE=/run/netmod-lab/netmod.db");
+        for store in [
+            "/run/netmod-lab/netmod.db",
+            "etcd://10.234.0.5:2379?prefix=/netmod-lab/",
+            "/tmp/a dir/it's $HOME * here.db",
+        ] {
+            assert_eq!(eval(&store_export(&cfg(store, true))), store);
+        }
+        // Without the isolator there is no store: a comment, which sets nothing.
+        let none = store_export(&cfg("/run/netmod-lab/netmod.db", false));
+        assert!(none.starts_with('#'), "{none}");
+        assert_eq!(eval(&none), "unset");
+    }
+
+    #[test]
+    fn a_relative_store_becomes_absolute() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            absolute_store("x/netmod.db").unwrap(),
+            cwd.join("x/netmod.db").display().to_string()
+        );
+        for kept in ["/var/lib/n.db", "etcd://10.0.0.1:2379", "sqlite://rel.db"] {
+            assert_eq!(absolute_store(kept).unwrap(), kept);
+        }
+    }
 }

@@ -11,6 +11,7 @@
 //! | fabric: bridge, one namespace per agent host, routes | [`fabric`] |
 //! | the lab's processes and pid files | [`procs`] |
 //! | `lab up` / `status` / `down` | [`lab`] |
+//! | the control token between master and agents | [`auth`] |
 //! | Marathon app and group definitions | [`marathon`] |
 //! | master: scheduler, Marathon API, pages | [`master`] |
 //! | Mesos-like state JSON | [`mesos_state`] |
@@ -19,6 +20,7 @@
 //! | `netmod demo` | [`demo`] |
 
 pub mod agent;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod dns;

@@ -1,17 +1,19 @@
 //! The seed's three scenes end to end, driven as a user would: the demo
-//! scripts and curl with the demo's JSON files, checked from the
+//! scripts (`launch-cluster*.sh`, `launch-probes*.sh`, `stop-*.sh`, for a
+//! lab of the test's own named by `NETMOD_LAB`), checked from the
 //! collector's `/responses`, from our own connections inside the tasks'
 //! namespaces, and from the page a headless Chromium draws. Also: DNS in
 //! both name forms, addresses in `/v2/tasks`, container ids on the pages
 //! and in netmod's endpoints, endpoints named after their task and app, a
 //! killed task restarted with its address released and its interface gone,
-//! bad Marathon input, bad `lab up` input, two labs side by side, and `lab
-//! down` leaving nothing.
+//! bad Marathon input, bad `lab up` input, two labs side by side, the
+//! `export NETMOD_STORE=…` line, tasks forging launches to the agents'
+//! control ports (nothing runs), and `lab down` leaving nothing.
 //!
 //! Every test runs its own lab (see `common::Lab`): they run in parallel,
 //! except the two that need the demo's address pool.
 //!
-//! Needs root, iproute2, curl, nsenter, Chromium, etcd, and `netmod` + the
+//! Needs root, iproute2, nftables, curl, nsenter, Chromium, etcd, and `netmod` + the
 //! star binaries built beside `netmod-lab` (`cargo build -p netmod -p star`).
 
 mod common;
@@ -137,7 +139,7 @@ fn before_two_probes_run_two_wait_for_port_9000() {
     assert_eq!(state["activated_slaves"], 2);
     assert_eq!(state["slaves"][0]["resources"]["ports"], "[9000-31100]");
 
-    lab.put_group_ok("star", "stars-before.json");
+    lab.script_ok("launch-probes-before.sh", &[]);
     let tasks = lab.wait_running("star", 3);
     let queue = wait_for("two probes waiting", Duration::from_secs(10), || {
         let q = get(&lab.marathon("/v2/queue"));
@@ -241,11 +243,21 @@ fn per_task_ips_then_isolation_then_a_killed_task() {
     let store_path = dir.join("netmod.db");
     let store = store_path.display().to_string();
     let mut lab = Lab::new("p", "10.234.102.0/24");
-    lab.up_with("launch-cluster.sh", &["--store", &store]);
+    let up = lab.up_with("launch-cluster.sh", &["--store", &store]);
     assert!(has_route(DEMO_POOL), "the pool is routed into the fabric");
+    // `lab up` ends with the line that points netmod at the lab's store;
+    // `lab status` shows the same line.
+    let export = store_export_line(&up);
+    assert_eq!(up.trim_end().lines().last(), Some(export.as_str()), "{up}");
+    assert_eq!(export, format!("export NETMOD_STORE={store}"));
+    let status = lab.lab(&["status"]);
+    assert_eq!(
+        store_export_line(&String::from_utf8_lossy(&status.stdout)),
+        export
+    );
 
     // --- per-task IPs: four probes on two agents, all on port 9000.
-    lab.put_group_ok("star", "stars.json");
+    lab.script_ok("launch-probes.sh", &[]);
     let tasks = lab.wait_running("star", 5);
     let hosts: BTreeSet<&str> = tasks.iter().map(|t| t["host"].as_str().unwrap()).collect();
     assert_eq!(hosts.len(), 2, "both agents run tasks");
@@ -309,6 +321,14 @@ fn per_task_ips_then_isolation_then_a_killed_task() {
         collect_ep["labels"]["ipv4_addrs"], "['192.168.255.253']",
         "ipAddress.labels pass through"
     );
+    // The printed line, eval'd, is all `netmod endpoints` needs.
+    let seen = endpoints_after_eval(&export);
+    let ids = |eps: &[Value]| -> BTreeSet<String> {
+        eps.iter()
+            .map(|e| e["container_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&seen), ids(&eps), "{seen:?}");
     // `netmod explain` resolves the lab's tasks by name.
     let (code, v) = netmod_json(
         &store,
@@ -353,7 +373,7 @@ fn per_task_ips_then_isolation_then_a_killed_task() {
     );
 
     // --- isolated: A,B in star-1; C,D in star-2; the collector in both.
-    lab.put_group_ok("star-isolated", "stars-isolated.json");
+    lab.script_ok("launch-probes-isolated.sh", &[]);
     let iso = lab.wait_running("star-isolated", 5);
     assert_eq!(ip_of(&iso, "/star-isolated/collect"), "192.168.255.252");
     wait_story(Scene::Isolated, "http://192.168.255.252:9001");
@@ -514,7 +534,7 @@ fn marathon_api_rejects_bad_input_and_changes_nothing() {
     let bridge = lab.cfg()["bridge"].as_str().unwrap().to_string();
     assert!(bridge.len() <= 15, "{bridge}");
     assert!(!bridge.starts_with(&lab.name), "{bridge}");
-    lab.put_group_ok("star", "stars-before.json");
+    lab.script_ok("launch-probes-before.sh", &[]);
     lab.wait_running("star", 3);
     let snapshot = || {
         let mut apps = get(&lab.marathon("/v2/apps"))["apps"].clone();
@@ -741,13 +761,15 @@ fn two_labs_side_by_side_each_down_removes_only_its_own() {
 
 /// The lab on etcd: `netmod demo --store etcd` starts an etcd server in a
 /// namespace of its own on the fabric, every host uses only it, and the
-/// whole demo story passes unchanged; `lab down` leaves nothing.
+/// whole demo story passes unchanged. With `--keep` it ends by printing the
+/// `export NETMOD_STORE=…` line that, eval'd, shows netmod the kept lab's
+/// endpoints; `lab down` leaves nothing.
 #[test]
 fn the_demo_story_on_etcd() {
     requirements(false);
     etcd_requirement();
     let _pool = demo_pool();
-    let lab = Lab::new("e", "10.234.104.0/24");
+    let mut lab = Lab::new("e", "10.234.104.0/24");
     let out = std::process::Command::new(netmod())
         .args([
             "demo",
@@ -757,20 +779,344 @@ fn the_demo_story_on_etcd() {
             &lab.fabric,
             "--store",
             "etcd",
+            "--keep",
         ])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "demo on etcd failed:\n{text}");
     assert!(text.contains("in the store etcd://"), "{text}");
     assert!(
         text.contains("All three scenes match the seed's story."),
         "{text}"
     );
-    assert_eq!(lab.leftovers(None), Vec::<String>::new());
+    lab.adopt();
+    // The last line: the kept lab's store, the etcd server on the fabric.
+    let export = store_export_line(&stdout);
+    assert_eq!(stdout.trim_end().lines().last(), Some(export.as_str()));
+    assert_eq!(
+        export,
+        format!("export NETMOD_STORE='{}'", lab.store()),
+        "quoted for the shell (the URL has a `?`)"
+    );
+    assert!(lab.store().starts_with("etcd://"), "{}", lab.store());
+    let eps = endpoints_after_eval(&export);
+    let tasks: BTreeSet<String> = eps
+        .iter()
+        .map(|e| e["labels"]["task"].as_str().unwrap_or("").to_string())
+        .collect();
+    let want: BTreeSet<String> = ["star", "star-isolated"]
+        .iter()
+        .flat_map(|g| {
+            ["probe-a", "probe-b", "probe-c", "probe-d", "collect"].map(|t| format!("{t}.{g}"))
+        })
+        .collect();
+    assert_eq!(tasks, want, "{eps:?}");
+    lab.down("stop-cluster.sh", None);
     assert!(!has_route(DEMO_POOL));
+}
+
+/// The script the attacking tasks run. Each round (when the test creates
+/// `go-N` in the shared directory), for each agent: a forged launch to its
+/// control port — without a token, with a made-up one, and with whatever
+/// the task reads from the lab's token file — whose command would create
+/// `forged-<attacker>-<agent>-<variant>`; and a forged registration with
+/// the master. Prints `RESULT <target> <variant> <HTTP code>` (000: no
+/// HTTP answer at all), then `DONE N`; then waits for the next round.
+const ATTACK: &str = r#"#!/bin/sh
+me=$1 dir=$2 token_file=$3 master=$4; shift 4
+echo "TOKEN_BYTES $(wc -c < "$token_file")"
+echo "MASTER_HEALTH $(curl -s -o /dev/null -m 3 -w '%{http_code}' "$master/health")"
+for round in 1 2; do
+  while [ ! -e "$dir/go-$round" ]; do sleep 0.2; done
+  for target in "$@"; do
+    for variant in none made-up read; do
+      case $variant in
+        none) auth="X-Nothing: 1" ;;
+        made-up) auth="Authorization: Bearer 0000000000000000000000000000000000000000000000000000000000000000" ;;
+        read) auth="Authorization: Bearer $(cat "$token_file")" ;;
+      esac
+      mark="$dir/forged-$me-$target-$variant"
+      spec="{\"task_id\":\"forged-$me-$round-$target-$variant\",\"name\":\"forged\",\"app_id\":\"/forged\",\"app_version\":\"x\",\"cmd\":\"touch $mark\",\"cpus\":0.01,\"mem\":8}"
+      code=$(curl -s -o /dev/null -m 3 -w '%{http_code}' -X POST -H "$auth" \
+        -H 'Content-Type: application/json' --data-binary "$spec" "http://$target:5051/tasks")
+      echo "RESULT $target $variant $code"
+    done
+  done
+  hb="{\"hostname\":\"forged-$me\",\"ip\":\"127.0.0.1\",\"port\":5051,\"cpus\":64,\"mem\":65536,\"ports\":[[9000,31100]],\"tasks\":[]}"
+  echo "RESULT master heartbeat $(curl -s -o /dev/null -m 3 -w '%{http_code}' -X POST \
+    -H 'Content-Type: application/json' --data-binary "$hb" "$master/lab/agents/heartbeat")"
+  echo "DONE $round"
+done
+exec sleep 1000
+"#;
+
+/// A task's stdout, through Marathon (as the page links it).
+fn task_stdout(lab: &Lab, task_id: &str) -> String {
+    curl(
+        "GET",
+        &lab.marathon(&format!("/tasks/{task_id}/stdout")),
+        None,
+        None,
+    )
+    .1
+}
+
+/// (target, variant) → the HTTP code an attacker got.
+type Results = BTreeMap<(String, String), String>;
+
+/// The `RESULT` lines of one round.
+fn round_results(out: &str, round: u32) -> Results {
+    let start = if round == 1 {
+        0
+    } else {
+        out.find(&format!("DONE {}", round - 1)).unwrap()
+    };
+    let end = out.find(&format!("DONE {round}")).unwrap();
+    out[start..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("RESULT "))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            ((f[0].to_string(), f[1].to_string()), f[2].to_string())
+        })
+        .collect()
+}
+
+/// An agent's control port takes launches from the lab's master only. A
+/// task — one with its own address in a netgroup (it reaches its host and
+/// the fabric) and a host-network one (it shares its agent's namespace) —
+/// POSTs launches to its own agent's and the other agent's control port,
+/// and a registration to the master: nothing runs. First both guards
+/// stand: the agents' firewall resets the connections (no HTTP answer) and
+/// the master answers 401; then, with the firewall taken away, the token
+/// alone still turns every launch away with 401. The controls: the
+/// attackers themselves ran (the master's launches work), they reach the
+/// master's fabric port, and a launch with the lab's token from the
+/// master's address runs and creates its marker file.
+#[test]
+fn tasks_cannot_make_an_agent_run_anything() {
+    requirements(false);
+    let mut lab = Lab::new("x", "10.234.108.0/24");
+    let up = lab.up_with("launch-cluster.sh", &["--pool", "10.235.108.0/24"]);
+    let agents = lab.agents();
+    assert_eq!(agents.len(), 2);
+    let (a1, a2) = (agents[0].clone(), agents[1].clone());
+    // The token: private to root, 64 hex characters, not in `lab.json`.
+    let token_path = lab.run_dir().join("control-token");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&token_path).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let token = lab.token();
+    assert_eq!(token.len(), 64, "{token}");
+    assert!(!lab.status().to_string().contains(&token));
+
+    let dir =
+        std::env::temp_dir().join(format!("nmlab-attack-{}", netmod_lab::util::random_hex(4)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("attack.sh");
+    std::fs::write(&script, ATTACK).unwrap();
+    let master = format!(
+        "http://{}:{}",
+        lab.cfg()["bridge_ip"].as_str().unwrap(),
+        lab.cfg()["ports"]["fabric"]
+    );
+    let cmd = |me: &str| {
+        format!(
+            "exec sh {} {me} {} {} {master} {} {}",
+            script.display(),
+            dir.display(),
+            token_path.display(),
+            a1.1,
+            a2.1
+        )
+    };
+    // A task with its own address, in a netgroup, on agent 1; a
+    // host-network task on agent 2. Launched by the master: the legitimate
+    // path.
+    let apps = serde_json::json!({"id": "/attack", "apps": [
+        {"id": "own-ip", "cmd": cmd("own-ip"), "cpus": 0.1, "mem": 32,
+         "constraints": [["hostname", "CLUSTER", a1.0]],
+         "ipAddress": {"groups": ["attackers"]}},
+        {"id": "host-net", "cmd": cmd("host-net"), "cpus": 0.1, "mem": 32,
+         "constraints": [["hostname", "CLUSTER", a2.0]]}
+    ]});
+    let (code, body) = curl(
+        "PUT",
+        &lab.marathon("/v2/groups/attack"),
+        None,
+        Some(&apps.to_string()),
+    );
+    assert_eq!(code, 200, "{body}");
+    let tasks = lab.wait_running("attack", 2);
+    let own_ip = task_of(&tasks, "/attack/own-ip");
+    let host_net = task_of(&tasks, "/attack/host-net");
+    assert_eq!(own_ip["host"], a1.0.as_str());
+    assert_eq!(host_net["host"], a2.0.as_str());
+    assert!(
+        own_ip["ipAddresses"][0]["ipAddress"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.235.108."),
+        "{own_ip}"
+    );
+    // The line `lab up` ends with shows netmod the attacker's endpoint.
+    let eps = endpoints_after_eval(&store_export_line(&up));
+    assert!(
+        eps.iter().any(|e| e["labels"]["task"] == "own-ip.attack"),
+        "{eps:?}"
+    );
+    let attackers = [
+        ("own-ip", own_ip["id"].as_str().unwrap().to_string()),
+        ("host-net", host_net["id"].as_str().unwrap().to_string()),
+    ];
+    let forged = || -> Vec<String> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("forged-"))
+            .collect()
+    };
+    let run_round = |round: u32| -> Vec<(String, Results)> {
+        std::fs::write(dir.join(format!("go-{round}")), "").unwrap();
+        attackers
+            .iter()
+            .map(|(me, id)| {
+                let out = wait_for(
+                    &format!("{me}'s round {round}"),
+                    Duration::from_secs(60),
+                    || {
+                        let out = task_stdout(&lab, id);
+                        if out.contains(&format!("DONE {round}")) {
+                            Ok(out)
+                        } else {
+                            Err(out)
+                        }
+                    },
+                );
+                // The task reads the token file as empty: /dev/null is
+                // bound over it in the task's mount namespace.
+                assert!(out.contains("TOKEN_BYTES 0\n"), "{me}: {out}");
+                // It reaches the fabric: the master's fabric port answers it.
+                assert!(out.contains("MASTER_HEALTH 200\n"), "{me}: {out}");
+                (me.to_string(), round_results(&out, round))
+            })
+            .collect()
+    };
+    let agent_status = |ip: &str, auth: Option<&str>| -> (u16, String) {
+        let mut c = std::process::Command::new("curl");
+        c.args(["-sS", "-m", "5", "-w", "\n%{http_code}"]);
+        if let Some(a) = auth {
+            c.args(["-H", &format!("Authorization: Bearer {a}")]);
+        }
+        let out = c.arg(format!("http://{ip}:5051/tasks")).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    };
+    let nothing_forged_ran = |when: &str| {
+        // Long enough for a launched `touch` to have run.
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(
+            forged(),
+            Vec::<String>::new(),
+            "{when}: a forged launch ran"
+        );
+        for (_, ip) in [&a1, &a2] {
+            let (code, body) = agent_status(ip, Some(&token));
+            assert_eq!(code, 200, "{body}");
+            assert!(!body.contains("forged-"), "{when}: {ip} took {body}");
+        }
+        let state = get(&lab.mesos("/master/state.json"));
+        assert_eq!(state["activated_slaves"], 2, "{when}: {state}");
+        assert!(!state.to_string().contains("forged-"), "{when}: {state}");
+    };
+
+    // --- Round 1: the firewall and the token both stand.
+    for (me, results) in run_round(1) {
+        assert_eq!(results.len(), 7, "{me}: {results:?}");
+        for ((target, variant), code) in &results {
+            let want = if target == "master" { "401" } else { "000" };
+            assert_eq!(code, want, "{me} → {target} ({variant})");
+        }
+    }
+    nothing_forged_ran("with the firewall");
+    // From the machine — the bridge's address, the master's, which the
+    // firewall lets through — the token decides: without it, 401.
+    for (_, ip) in [&a1, &a2] {
+        assert_eq!(agent_status(ip, None).0, 401, "{ip}");
+        assert_eq!(agent_status(ip, Some(&"0".repeat(64))).0, 401, "{ip}");
+    }
+
+    // --- Round 2: the firewall gone, the token alone turns them away.
+    for (name, _) in [&a1, &a2] {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                name,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "netmod_lab",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (me, results) in run_round(2) {
+        assert_eq!(results.len(), 7, "{me}: {results:?}");
+        for ((target, variant), code) in &results {
+            assert_eq!(code, "401", "{me} → {target} ({variant}), token alone");
+        }
+    }
+    nothing_forged_ran("with the token alone");
+
+    // --- The control: the master's kind of launch (its token, from the
+    // bridge address) runs, and its marker appears. (The master, which did
+    // not send it, may have the agent kill it before it starts: then again.)
+    let marker = dir.join("legit-marker");
+    let legit = |attempt: u32| -> String {
+        let spec = serde_json::json!({
+            "task_id": format!("legit-{attempt}"), "name": "legit", "app_id": "/legit",
+            "app_version": "x", "cmd": format!("touch {}", marker.display()),
+            "cpus": 0.01, "mem": 8
+        });
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args([
+                "-X",
+                "POST",
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+            ])
+            .args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(spec.to_string())
+            .arg(format!("http://{}:5051/tasks", a1.1))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ran = (1..=3).any(|attempt| {
+        assert_eq!(legit(attempt), "202", "the agent takes the master's launch");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if marker.exists() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    });
+    assert!(ran, "a launch with the lab's token never ran");
+
+    lab.down("stop-cluster.sh", None);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::config::{sandbox_root, AgentHost, LabConfig, AGENT_PORT, PORT_RANGE};
+use crate::auth::{self, Token};
+use crate::config::{self, sandbox_root, AgentHost, LabConfig, AGENT_PORT, PORT_RANGE};
 use crate::dns;
 use crate::error::LabError;
 use crate::http::{self, Reply, Request};
@@ -39,6 +40,9 @@ pub struct Agent {
     pub host: AgentHost,
     pub netmod: netmod::Netmod,
     master: String,
+    /// The lab's control token: wanted on every request to the control
+    /// port, sent with every report to the master.
+    token: Token,
     agent_id: Mutex<String>,
     tasks: Mutex<BTreeMap<String, Entry>>,
 }
@@ -67,8 +71,15 @@ impl Agent {
         }
         let url = format!("{}/lab/agents/{}/status", self.master, self.host.name);
         let body = serde_json::to_value(&st).expect("plain data");
-        if let Err(e) = http::send_json("POST", &url, &body, Duration::from_secs(3)) {
-            eprintln!("agent: status of {} not delivered now: {e}", st.task_id);
+        let auth = self.token.authorization();
+        let headers = [(auth::HEADER, auth.as_str())];
+        match http::send_json_with("POST", &url, &body, &headers, Duration::from_secs(3)) {
+            Ok((200, _)) => {}
+            Ok((status, reply)) => eprintln!(
+                "agent: status of {} refused now ({status}): {reply}",
+                st.task_id
+            ),
+            Err(e) => eprintln!("agent: status of {} not delivered now: {e}", st.task_id),
         }
     }
 
@@ -143,6 +154,11 @@ impl Agent {
     }
 
     fn handle(self: &Arc<Self>, req: &Request) -> Reply {
+        // The master's, and nobody else's: without the token, nothing is
+        // read, run or killed.
+        if !self.token.admits(req) {
+            return auth::unauthorized();
+        }
         let path = req.path.trim_end_matches('/');
         match (req.method.as_str(), path) {
             ("GET", "/health") => Reply::text(200, "ok"),
@@ -186,7 +202,10 @@ impl Agent {
     fn heartbeat(self: &Arc<Self>) -> Result<(), String> {
         let body = serde_json::to_value(self.register()).expect("plain data");
         let url = format!("{}/lab/agents/heartbeat", self.master);
-        let (status, reply) = http::send_json("POST", &url, &body, Duration::from_secs(5))?;
+        let auth = self.token.authorization();
+        let headers = [(auth::HEADER, auth.as_str())];
+        let (status, reply) =
+            http::send_json_with("POST", &url, &body, &headers, Duration::from_secs(5))?;
         if status != 200 {
             return Err(format!("the master answered {status}: {reply}"));
         }
@@ -214,7 +233,9 @@ pub fn run(index: u32) -> Result<(), LabError> {
         .agent(index)
         .cloned()
         .ok_or_else(|| LabError::new(format!("the lab has no agent {index}")))?;
+    let token = Token::load(&config::token_file())?;
     let agent = Arc::new(Agent {
+        token,
         netmod: netmod::Netmod {
             exe: cfg.netmod.clone(),
             store: cfg.store.clone(),
@@ -234,7 +255,7 @@ pub fn run(index: u32) -> Result<(), LabError> {
     };
     http::serve(SocketAddr::new(host.ip.into(), AGENT_PORT), handler).map_err(LabError::new)?;
     eprintln!(
-        "agent {}: tasks API on {}:{AGENT_PORT}, DNS on {}:53",
+        "agent {}: tasks API on {}:{AGENT_PORT} (the master's only), DNS on {}:53",
         host.name, host.ip, host.ip
     );
     let mut next = Instant::now();

@@ -4,7 +4,8 @@
 //! done (in `pre_exec`), so by the time the agent knows its pid, the task's
 //! fresh namespaces exist. The shim then, inside them:
 //! 1. makes every mount private and bind-mounts the task's `resolv.conf`
-//!    (pointing at the agent's DNS) over `/etc/resolv.conf`;
+//!    (pointing at the agent's DNS) over `/etc/resolv.conf`, and `/dev/null`
+//!    over each file the task must not read (the lab's control token);
 //! 2. brings `lo` up (in a fresh network namespace);
 //! 3. waits for one byte on fd 3: the agent writes it once `isolate` has
 //!    replied (EOF instead means the agent gave up: exit without running);
@@ -32,6 +33,10 @@ pub struct ShimArgs {
     /// The task has its own network namespace: bring lo up.
     #[arg(long)]
     net: bool,
+    /// A file the task must not read: `/dev/null` is bound over it in the
+    /// task's mount namespace (repeatable).
+    #[arg(long)]
+    hide: Vec<PathBuf>,
     /// The task's command.
     #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
     argv: Vec<String>,
@@ -69,6 +74,11 @@ pub fn run(args: ShimArgs) -> Result<(), LabError> {
     mount(None, "/", libc::MS_REC | libc::MS_PRIVATE)?;
     let resolv = args.resolv.to_string_lossy().into_owned();
     mount(Some(&resolv), "/etc/resolv.conf", libc::MS_BIND)?;
+    for path in &args.hide {
+        if path.exists() {
+            mount(Some("/dev/null"), &path.to_string_lossy(), libc::MS_BIND)?;
+        }
+    }
     if args.net {
         let st = Command::new("ip")
             .args(["link", "set", "lo", "up"])

@@ -376,7 +376,9 @@ fn spawn_held(
         .map_err(|e| format!("cannot create stderr: {e}"))?;
     let mut cmd = Command::new(&agent.cfg.lab_exe);
     cmd.args(["lab", "task-shim", "--resolv"])
-        .arg(sandbox.join("resolv.conf"));
+        .arg(sandbox.join("resolv.conf"))
+        .arg("--hide")
+        .arg(crate::config::token_file());
     if own_netns {
         cmd.arg("--net");
     }

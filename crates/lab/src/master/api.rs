@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::state::{ApiError, App, State, Task};
 use super::{pages, Master};
+use crate::auth;
 use crate::config::sandbox_root;
 use crate::http::{Reply, Request};
 use crate::marathon::{self, violations_json};
@@ -201,6 +202,11 @@ pub fn mesos(m: &Master, req: &Request) -> Reply {
     let path = req.path.trim_end_matches('/');
     if let Some(r) = logs(m, req) {
         return r;
+    }
+    // Registrations and statuses decide where launches (and the token with
+    // them) go: the lab's agents only.
+    if path.starts_with("/lab/") && !m.from_agent(req) {
+        return auth::unauthorized();
     }
     match (req.method.as_str(), path) {
         ("GET", "") => Reply::html(pages::mesos(&m.lock(), &m.ports())),
@@ -402,6 +408,76 @@ mod tests {
         }
     }
 
+    fn master() -> Master {
+        Master::new(crate::auth::Token::generate().unwrap())
+    }
+
+    fn register(host: &str) -> String {
+        serde_json::to_string(&Register {
+            hostname: host.into(),
+            ip: "10.234.0.99".into(),
+            port: 5051,
+            cpus: 4.0,
+            mem: 4096.0,
+            ports: vec![(9000, 31100)],
+            tasks: vec![],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn only_the_labs_agents_register_and_report() {
+        let m = master();
+        let token = m.token.clone();
+        let other = crate::auth::Token::generate().unwrap();
+        assert_eq!(call(&m, "PUT", "/v2/groups/star", group()).status, 200);
+        let hb = register("evil");
+        let lab_call = |auth: Option<String>, url: &str, body: &str| {
+            let r = Request::new("POST", url, body.as_bytes());
+            let r = match auth {
+                Some(a) => r.with_header("Authorization", &a),
+                None => r,
+            };
+            mesos(&m, &r)
+        };
+        let status = serde_json::to_string(&TaskStatus {
+            task_id: "x".into(),
+            state: wire::RUNNING.into(),
+            message: None,
+            ip_addresses: vec![],
+            container_id: None,
+            sandbox: None,
+            timestamp: 0.0,
+        })
+        .unwrap();
+        let before = dump(&m);
+        for auth in [
+            None,
+            Some(other.authorization()),
+            Some("Bearer ".into()),
+            Some(token.authorization().replace("Bearer", "Basic")),
+        ] {
+            let r = lab_call(auth.clone(), "/lab/agents/heartbeat", &hb);
+            assert_eq!(r.status, 401, "{auth:?}");
+            let r = lab_call(auth.clone(), "/lab/agents/evil/status", &status);
+            assert_eq!(r.status, 401, "{auth:?}");
+            assert!(m.lock().agents.is_empty(), "{auth:?} registered an agent");
+            assert_eq!(dump(&m), before);
+        }
+        // Reading the state needs nothing (Mesos-DNS reads it).
+        assert_eq!(call(&m, "GET", "/master/state.json", "").status, 200);
+        // The control: with the token, the agent registers.
+        let r = lab_call(Some(token.authorization()), "/lab/agents/heartbeat", &hb);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert!(m.lock().agents.contains_key("evil"));
+        let r = lab_call(
+            Some(token.authorization()),
+            "/lab/agents/evil/status",
+            &status,
+        );
+        assert_eq!(r.status, 200);
+    }
+
     fn group() -> &'static str {
         r#"{"id": "/star", "apps": [
             {"id": "probe-a", "cmd": "star-probe", "cpus": 0.1, "mem": 64,
@@ -421,7 +497,7 @@ mod tests {
 
     #[test]
     fn bad_input_gets_marathon_errors_and_changes_nothing() {
-        let m = Master::new();
+        let m = master();
         assert_eq!(call(&m, "PUT", "/v2/groups/star", group()).status, 200);
         let before = dump(&m);
         let cases = [
@@ -474,7 +550,7 @@ mod tests {
 
     #[test]
     fn groups_apps_and_tasks() {
-        let m = Master::new();
+        let m = master();
         let r = call(&m, "PUT", "/v2/groups/star", group());
         assert!(r.body_json()["deploymentId"].is_string());
         let g = call(&m, "GET", "/v2/groups/star", "").body_json();
@@ -522,7 +598,7 @@ mod tests {
 
     #[test]
     fn pages_and_state_show_container_ids_and_labels() {
-        let m = Master::new();
+        let m = master();
         let app = r#"{"id": "/star/probe-a", "cmd": "star-probe", "cpus": 0.1, "mem": 64,
             "labels": {"team": "net"}, "ipAddress": {"groups": ["public"]}}"#;
         assert_eq!(call(&m, "POST", "/v2/apps", app).status, 201);

@@ -15,6 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::Duration;
 
+use crate::auth::{self, Token};
 use crate::config::{self, LabConfig, MasterPorts};
 use crate::error::LabError;
 use crate::http::{self, Handler};
@@ -28,21 +29,24 @@ pub struct Master {
     changed: Condvar,
     /// Where it listens (for the pages' links), once it does.
     ports: OnceLock<MasterPorts>,
-}
-
-impl Default for Master {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// The lab's control token: sent to the agents, wanted from them.
+    token: Token,
 }
 
 impl Master {
-    pub fn new() -> Master {
+    pub fn new(token: Token) -> Master {
         Master {
             state: Mutex::new(State::new(unix_now())),
             changed: Condvar::new(),
             ports: OnceLock::new(),
+            token,
         }
+    }
+
+    /// Whether a request comes from one of the lab's agents (carries the
+    /// lab's control token).
+    pub fn from_agent(&self, req: &http::Request) -> bool {
+        self.token.admits(req)
     }
 
     /// Where the master listens; zeros before it does (and in unit tests).
@@ -83,7 +87,8 @@ impl Master {
 pub fn run() -> Result<(), LabError> {
     util::catch_termination();
     let cfg = LabConfig::load()?;
-    let m = Arc::new(Master::new());
+    let token = Token::load(&config::token_file())?;
+    let m = Arc::new(Master::new(token));
     let marathon: Handler = {
         let m = m.clone();
         Arc::new(move |r| api::marathon(&m, r))
@@ -133,11 +138,13 @@ fn scheduler(m: &Master) {
 }
 
 fn execute(m: &Master, action: Action) {
+    let authorization = m.token.authorization();
+    let auth = [(auth::HEADER, authorization.as_str())];
     match action {
         Action::Launch { agent_url, spec } => {
             let body = serde_json::to_value(&spec).expect("plain data");
             let url = format!("{agent_url}/tasks");
-            let result = http::send_json("POST", &url, &body, Duration::from_secs(5));
+            let result = http::send_json_with("POST", &url, &body, &auth, Duration::from_secs(5));
             let failure = match result {
                 Ok((200..=202, _)) => None,
                 Ok((status, body)) => {
@@ -152,8 +159,10 @@ fn execute(m: &Master, action: Action) {
         }
         Action::Kill { agent_url, task_id } => {
             let url = format!("{agent_url}/tasks/{task_id}");
-            if let Err(e) = http::request("DELETE", &url, None, Duration::from_secs(5)) {
-                eprintln!("master: kill {task_id}: {e}");
+            match http::request_with("DELETE", &url, None, &auth, Duration::from_secs(5)) {
+                Ok(r) if (200..300).contains(&r.status) || r.status == 404 => {}
+                Ok(r) => eprintln!("master: kill {task_id}: the agent answered {}", r.status),
+                Err(e) => eprintln!("master: kill {task_id}: {e}"),
             }
         }
     }

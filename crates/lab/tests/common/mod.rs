@@ -1,6 +1,6 @@
 //! Helpers for the lab's end-to-end tests: a lab instance of each test's
-//! own, driven as a user would (the demo scripts, curl with the demo's JSON
-//! files), looks inside its namespaces, headless Chromium.
+//! own, driven as a user would (the demo scripts; curl for Marathon's API),
+//! looks inside its namespaces, headless Chromium.
 //!
 //! Hermetic: every test brings up its own lab (`--name`, unique per run)
 //! with its own namespaces, interfaces, run directory and store, its own
@@ -8,7 +8,7 @@
 //! status --json`). Only the tests that need the demo's address pool
 //! (`192.168.0.0/16`, a machine-wide route: the demo's collectors have fixed
 //! addresses in it) take [`demo_pool`] first. Requirements (root, iproute2,
-//! curl, nsenter, chromium, etcd, the netmod and star binaries beside
+//! nftables, curl, nsenter, chromium, etcd, the netmod and star binaries beside
 //! netmod-lab) are checked up front, and a missing one fails the test with
 //! the reason, under CI or not.
 #![allow(dead_code)]
@@ -80,6 +80,7 @@ pub fn requirements(browser: bool) {
         ("nsenter", "util-linux"),
         ("bash", "bash"),
         ("timeout", "coreutils"),
+        ("nft", "nftables"),
     ] {
         if !have(p) {
             missing.push(format!("{p} (apt-get install {pkg})"));
@@ -195,18 +196,19 @@ impl Lab {
             .unwrap()
     }
 
-    /// Runs a demo script against this lab: `NETMOD` is this build,
-    /// `NETMOD_LAB` names the lab, `MARATHON` is its Marathon (once up).
+    /// Runs a demo script against this lab as a user would: `NETMOD` is
+    /// this build and `NETMOD_LAB` names the lab; the scripts find the
+    /// lab's star directory and its Marathon themselves (`MARATHON` unset).
     pub fn script(&self, name: &str, args: &[&str]) -> Output {
-        let mut c = Command::new("bash");
-        c.arg(repo().join("demo").join(name))
+        Command::new("bash")
+            .arg(repo().join("demo").join(name))
             .args(args)
             .env("NETMOD", netmod())
-            .env("NETMOD_LAB", &self.name);
-        if self.cfg.is_some() {
-            c.env("MARATHON", self.marathon(""));
-        }
-        c.output().unwrap()
+            .env("NETMOD_LAB", &self.name)
+            .env_remove("MARATHON")
+            .env_remove("NETMOD_STORE")
+            .output()
+            .unwrap()
     }
 
     /// A demo script that must succeed.
@@ -217,8 +219,8 @@ impl Lab {
     }
 
     /// Brings the lab up with a demo script (`launch-cluster*.sh`), on its
-    /// own fabric; reads back what it built.
-    pub fn up_with(&mut self, script: &str, args: &[&str]) {
+    /// own fabric; reads back what it built. Returns what `lab up` printed.
+    pub fn up_with(&mut self, script: &str, args: &[&str]) -> String {
         let all = [
             &["--name", self.name.as_str(), "--fabric", &self.fabric],
             args,
@@ -230,6 +232,12 @@ impl Lab {
             "{script} {all:?} failed:\n{}",
             text(&out)
         );
+        self.adopt();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Reads back a lab something else brought up (`netmod demo --keep`).
+    pub fn adopt(&mut self) {
         self.cfg = Some(self.status());
     }
 
@@ -283,40 +291,14 @@ impl Lab {
         PathBuf::from(self.cfg()["star_dir"].as_str().unwrap())
     }
 
-    /// What `stage_files` in the demo scripts does, for this lab: the
-    /// resource files the collectors fetch, into the lab's star directory.
-    pub fn stage_files(&self) {
-        for e in std::fs::read_dir(repo().join("demo/marathon")).unwrap() {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            if name.starts_with("star-resources") {
-                std::fs::copy(&p, self.star_dir().join(&name)).unwrap();
-            }
-        }
+    pub fn run_dir(&self) -> PathBuf {
+        PathBuf::from(self.cfg()["run_dir"].as_str().unwrap())
     }
 
-    /// `PUT /v2/groups/<id>` with a demo file, as the demo scripts send it,
-    /// its `file://` URIs pointed at this lab's star directory (the files
-    /// name the default lab's).
-    pub fn put_group(&self, id: &str, file: &str) -> (u16, String) {
-        self.stage_files();
-        let body = std::fs::read_to_string(repo().join("demo/marathon").join(file))
-            .unwrap()
-            .replace(
-                "file:///run/netmod-lab/star/",
-                &format!("file://{}/", self.star_dir().display()),
-            );
-        curl(
-            "PUT",
-            &self.marathon(&format!("/v2/groups/{id}")),
-            None,
-            Some(&body),
-        )
-    }
-
-    pub fn put_group_ok(&self, id: &str, file: &str) {
-        let (code, body) = self.put_group(id, file);
-        assert_eq!(code, 200, "PUT /v2/groups/{id} ({file}): {body}");
+    /// The lab's control token, as the master and the agents read it.
+    pub fn token(&self) -> String {
+        let path = self.run_dir().join("control-token");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
     /// Marathon's tasks of one group, running.
@@ -462,6 +444,41 @@ impl Drop for Lab {
             }
         }
     }
+}
+
+/// The `export NETMOD_STORE=…` line a command printed: its last line
+/// that starts so.
+pub fn store_export_line(output: &str) -> String {
+    output
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("export NETMOD_STORE="))
+        .unwrap_or_else(|| panic!("no `export NETMOD_STORE=` line in:\n{output}"))
+        .to_string()
+}
+
+/// `netmod -o json endpoints` in a shell that has only `eval`'d `line`
+/// (no `--store`, no `NETMOD_STORE` of its own): the endpoints it lists.
+pub fn endpoints_after_eval(line: &str) -> Vec<Value> {
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            "eval \"$1\" && exec \"$2\" -o json endpoints",
+            "sh",
+            line,
+        ])
+        .arg(netmod())
+        .env_remove("NETMOD_STORE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "eval {line:?}; netmod endpoints:\n{}",
+        text(&out)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("netmod endpoints: not JSON ({e}):\n{}", text(&out)));
+    v.as_array().cloned().unwrap_or_else(|| panic!("{v}"))
 }
 
 /// Whether a route to `dst` exists on the machine (any table but local).
