@@ -84,6 +84,15 @@ pub fn attach(store: &dyn Store, req: &AttachRequest) -> Result<Endpoint, StepEr
             reason: other.to_string(),
         },
     })?;
+    // Policy before the link: the table and the endpoint's set elements are
+    // in force before its first packet can exist, so a crash between the two
+    // steps leaves a record without a link (the node collects it), never a
+    // link without policy.
+    if let Err(e) = add_local_policy(&registry, &ep) {
+        let _ = remove_local_policy(&ep);
+        let _ = registry.delete_endpoint(&ep);
+        return Err(step("programming policy")(&e));
+    }
     let plugged = dp::plug(&dp::PlugSpec {
         host_iface: ep.iface.clone(),
         container_iface: ep.container_iface.clone(),
@@ -93,13 +102,9 @@ pub fn attach(store: &dyn Store, req: &AttachRequest) -> Result<Endpoint, StepEr
         ipv6: ep.ipv6.clone(),
     });
     if let Err(e) = plugged {
+        let _ = remove_local_policy(&ep);
         let _ = registry.delete_endpoint(&ep);
         return Err(step("plugging the container in")(&e));
-    }
-    if let Err(e) = add_local_policy(&registry, &ep) {
-        let _ = dp::unplug(&ep.iface);
-        let _ = registry.delete_endpoint(&ep);
-        return Err(step("programming policy")(&e));
     }
     Ok(ep)
 }
@@ -132,6 +137,15 @@ pub fn detach(
         .unwrap_or_else(|| host_iface_name(container_id, iface));
     if let Err(e) = dp::unplug(&host_iface) {
         errors.push(format!("deleting interface {host_iface}: {e}"));
+    }
+    // No flow of this endpoint may outlive it: its address can be handed out
+    // again, and established flows are accepted before any profile. (Every
+    // node does the same on its host when it sees the record go.)
+    if let Some(ep) = &ep {
+        let addrs: Vec<IpAddr> = ep.addrs().collect();
+        if let Err(e) = dp::conntrack_forget(&addrs) {
+            errors.push(format!("forgetting tracked flows: {e}"));
+        }
     }
     if let Some(ep) = &ep {
         if let Err(e) = registry.delete_endpoint(ep) {

@@ -17,6 +17,40 @@ pub fn name_of(e: &Endpoint) -> Option<&str> {
         .find_map(|k| e.labels.get(*k).map(String::as_str))
 }
 
+/// Give `side` an address of `other`'s family, if it has one and differs.
+fn match_family(side: &mut Party, other: &Party, eps: &[Endpoint], hosts: &BTreeMap<String, Host>) {
+    let want_v4 = other.addr().is_ipv4();
+    if side.addr().is_ipv4() == want_v4 {
+        return;
+    }
+    match side {
+        Party::Endpoint {
+            host,
+            container_id,
+            iface,
+            addr,
+        } => {
+            if let Some(a) = eps
+                .iter()
+                .find(|e| &e.host == host && &e.container_id == container_id && &e.iface == iface)
+                .and_then(|e| e.addrs().find(|a| a.is_ipv4() == want_v4))
+            {
+                *addr = a;
+            }
+        }
+        Party::Host { host, addr } => {
+            if let Some(a) = hosts.get(host.as_str()).and_then(|h| {
+                [Some(h.ip), h.ipv6]
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a.is_ipv4() == want_v4)
+            }) {
+                *addr = a;
+            }
+        }
+    }
+}
+
 /// Whether `what` names this endpoint by one of its task labels: the whole
 /// value, a task name's first label (`probe-a` of `probe-a.star`, as
 /// Mesos-DNS names it) or an app id's last segment (`probe-a` of
@@ -135,8 +169,17 @@ pub fn explain_path(
     let registry = Registry::new(store);
     let hosts = registry.hosts()?;
     let all = registry.endpoints()?;
-    let from = resolve(from, &all, &hosts)?;
-    let to = resolve(to, &all, &hosts)?;
+    let given_as_ip = |what: &str| what.parse::<IpAddr>().is_ok();
+    let (from_ip, to_ip) = (given_as_ip(from), given_as_ip(to));
+    let mut from = resolve(from, &all, &hosts)?;
+    let mut to = resolve(to, &all, &hosts)?;
+    // Both ends speak one family: an end named by id or name takes its
+    // address of the other end's family; an end given as an address keeps it.
+    if to_ip && !from_ip {
+        match_family(&mut from, &to, &all, &hosts);
+    } else if !to_ip {
+        match_family(&mut to, &from, &all, &hosts);
+    }
     // Only endpoints whose host is alive count, as on every node.
     let ruleset_of = |host: &str| {
         let live: Vec<Endpoint> = all

@@ -11,6 +11,7 @@
 //! formatting live in the `netmod` binary crate, not here.
 
 pub mod attach;
+pub mod check;
 pub mod explain;
 pub mod node;
 pub mod registry;
@@ -26,6 +27,13 @@ pub enum CoreError {
     Registry(#[from] registry::RegistryError),
     #[error("dataplane: {0}")]
     Dataplane(#[from] netmod_dataplane::Error),
+    #[error(
+        "this node runs as host {hostname:?}, but interfaces here belong to endpoints recorded for another host name: {}; start the node with the name the cluster manager uses for this host (see \"Host names\" in the README)", links.join(", ")
+    )]
+    HostnameMismatch {
+        hostname: String,
+        links: Vec<String>,
+    },
     #[error("{0}")]
     Other(String),
 }

@@ -26,18 +26,29 @@ pub struct NodeConfig {
     pub hostname: String,
     /// The address other hosts route this host's blocks through.
     pub host_ip: IpAddr,
+    /// The IPv6 address other hosts route this host's IPv6 blocks through.
+    pub host_ipv6: Option<IpAddr>,
     /// Where /healthz and /metrics listen.
     pub metrics_addr: String,
     /// How long the host record lives without a heartbeat.
     pub lease_ttl: Duration,
     /// Time between full desired-vs-actual checks.
     pub resync_interval: Duration,
+    /// How long a record of this host may lack its interface before the
+    /// node removes it ([`STALE_RECORD_GRACE`] by default).
+    pub stale_record_grace: Duration,
 }
 
 /// The node's Prometheus metrics. The registry renders them; the node and
 /// its heartbeat only set values.
 struct Metrics {
     registry: Registry,
+    /// The revision everything up to has been applied (for the host record).
+    applied_revision: AtomicU64,
+    /// Something other than host records was applied since the host record
+    /// was last written: write it again (host records alone never trigger a
+    /// write, or every node's write would make every node write again).
+    report_applied: AtomicBool,
     ready: AtomicBool,
     /// The heartbeat reaches the datastore (it knows first when it does not).
     datastore_down: AtomicBool,
@@ -50,6 +61,10 @@ struct Metrics {
     apply_errors: Counter,
     resyncs: Counter,
     datastore_up: Gauge,
+    undecodable: Counter,
+    stale_records_removed: Counter,
+    flows_forgotten: Counter,
+    table_restores: Counter,
 }
 
 impl Metrics {
@@ -57,6 +72,8 @@ impl Metrics {
         let mut registry = prometheus_client::registry::Registry::with_prefix("netmod");
         let m = Metrics {
             registry: Registry::default(),
+            applied_revision: AtomicU64::new(0),
+            report_applied: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             datastore_down: AtomicBool::new(false),
             endpoints: Gauge::default(),
@@ -68,7 +85,31 @@ impl Metrics {
             apply_errors: Counter::default(),
             resyncs: Counter::default(),
             datastore_up: Gauge::default(),
+            undecodable: Counter::default(),
+            stale_records_removed: Counter::default(),
+            flows_forgotten: Counter::default(),
+            table_restores: Counter::default(),
         };
+        registry.register(
+            "conntrack_flows_forgotten",
+            "Tracked flows deleted because an address left the cluster",
+            m.flows_forgotten.clone(),
+        );
+        registry.register(
+            "table_restores",
+            "Times another process changed or deleted the netmod table and the node restored it",
+            m.table_restores.clone(),
+        );
+        registry.register(
+            "undecodable_records",
+            "Datastore records skipped because they could not be read",
+            m.undecodable.clone(),
+        );
+        registry.register(
+            "stale_records_removed",
+            "Endpoint records of this host removed because their interface stayed gone",
+            m.stale_records_removed.clone(),
+        );
         registry.register("endpoints", "Local endpoints", m.endpoints.clone());
         registry.register("nft_sets", "Sets in the netmod table", m.sets.clone());
         registry.register(
@@ -118,13 +159,17 @@ pub fn run(store: Arc<dyn Store>, config: NodeConfig) -> Result<(), CoreError> {
     let host = Host {
         name: config.hostname.clone(),
         ip: config.host_ip,
-        ipv6: None,
+        ipv6: config.host_ipv6,
+        applied_revision: None,
     };
     let lease_ttl = config.lease_ttl.max(Duration::from_secs(2));
     spawn_heartbeat(store.clone(), host, lease_ttl, metrics.clone());
 
     let mut node = Node {
         hostname: config.hostname,
+        forget_flows: BTreeSet::new(),
+        stale_grace: config.stale_record_grace,
+        missing_links: BTreeMap::new(),
         store,
         metrics,
         applied: None,
@@ -132,9 +177,13 @@ pub fn run(store: Arc<dyn Store>, config: NodeConfig) -> Result<(), CoreError> {
         hosts: BTreeMap::new(),
         revision: 0,
     };
+    let tampered = spawn_table_watch()?;
     let resync_every = config.resync_interval.max(Duration::from_secs(1));
     loop {
         if let Err(e) = node.resync() {
+            if matches!(e, CoreError::HostnameMismatch { .. }) {
+                return Err(e);
+            }
             log(format!("resync failed, retrying in 1 s: {e}"));
             node.metrics.apply_errors.inc();
             std::thread::sleep(Duration::from_secs(1));
@@ -156,6 +205,12 @@ pub fn run(store: Arc<dyn Store>, config: NodeConfig) -> Result<(), CoreError> {
                     break;
                 }
             }
+            if tampered.swap(false, Ordering::SeqCst) {
+                log("the netmod table was changed or deleted by another process: restoring it");
+                node.metrics.table_restores.inc();
+                node.applied = None;
+                break;
+            }
             if last_full.elapsed() >= resync_every {
                 break;
             }
@@ -163,8 +218,36 @@ pub fn run(store: Arc<dyn Store>, config: NodeConfig) -> Result<(), CoreError> {
     }
 }
 
+/// How long a record of this host may name an interface that does not exist
+/// before the node removes it: attach records before it plugs, so a young
+/// record without a link is an attach in progress.
+pub const STALE_RECORD_GRACE: Duration = Duration::from_secs(60);
+
+/// Decode every record; report and skip those we cannot read (a newer
+/// version's records during an upgrade) instead of stopping.
+fn decode_records(kvs: &[netmod_store::KeyValue], metrics: &Metrics) -> BTreeMap<String, Endpoint> {
+    let mut out = BTreeMap::new();
+    for kv in kvs {
+        match netmod_store::decode::<Endpoint>(kv) {
+            Ok(e) => {
+                out.insert(kv.key.clone(), e);
+            }
+            Err(e) => {
+                log(format!("skipping record {}: {e}", kv.key));
+                metrics.undecodable.inc();
+            }
+        }
+    }
+    out
+}
+
 struct Node {
     hostname: String,
+    /// Addresses removed since the last apply, whose flows must be forgotten.
+    forget_flows: BTreeSet<IpAddr>,
+    stale_grace: Duration,
+    /// Records of this host whose interface was missing, and since when.
+    missing_links: BTreeMap<String, Instant>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     /// What we last put in the kernel (None: unknown, replace everything).
@@ -182,21 +265,42 @@ impl Node {
         // the interface, so every link listed here has its record below.
         let links = dp::list_links_with_prefix(HOST_IFACE_PREFIX)?;
         let (kvs, rev) = self.store.range(ENDPOINTS)?;
-        self.endpoints = kvs
-            .iter()
-            .map(|kv| netmod_store::decode(kv).map(|e| (kv.key.clone(), e)))
-            .collect::<Result<_, _>>()?;
+        self.endpoints = decode_records(&kvs, &self.metrics);
         self.hosts = EndpointRegistry::new(&*self.store).hosts()?;
         self.revision = rev;
         self.metrics.resyncs.inc();
-        // Interfaces with our prefix and no endpoint are leftovers of a crash.
-        let mine: BTreeSet<String> = self.local().map(|e| e.iface.clone()).collect();
-        for link in links {
-            if is_host_iface_name(&link.name) && !mine.contains(&link.name) {
-                log(format!("removing leftover interface {}", link.name));
-                dp::unplug(&link.name)?;
+        // An interface any record names is never ours to remove. One that a
+        // record of another host name claims means this node runs under the
+        // wrong name: unplugging "leftovers" would cut healthy containers off.
+        let named: BTreeMap<&str, &Endpoint> = self
+            .endpoints
+            .values()
+            .map(|e| (e.iface.as_str(), e))
+            .collect();
+        let mut foreign = BTreeSet::new();
+        for link in &links {
+            match named.get(link.name.as_str()) {
+                Some(e) if e.host != self.hostname => {
+                    foreign.insert(format!(
+                        "{} ({} of host {:?})",
+                        link.name, e.container_id, e.host
+                    ));
+                }
+                Some(_) => {}
+                None if is_host_iface_name(&link.name) => {
+                    log(format!("removing leftover interface {}", link.name));
+                    dp::unplug(&link.name)?;
+                }
+                None => {}
             }
         }
+        if !foreign.is_empty() {
+            return Err(CoreError::HostnameMismatch {
+                hostname: self.hostname.clone(),
+                links: foreign.into_iter().collect(),
+            });
+        }
+        self.collect_stale_records(&links)?;
         let desired = self.desired();
         // The first resync after start installs the whole table: sets of
         // netgroups that left this host while no node ran would otherwise
@@ -207,6 +311,10 @@ impl Node {
             self.actual(&desired)?
         };
         match actual {
+            Some(actual) if netmod_policy::has_stale_sets(&actual, &desired) => {
+                log("resync: sets of netgroups that left this host: installing the netmod table");
+                dp::nft_replace_all(&desired)?;
+            }
             Some(actual) => {
                 let changes = netmod_policy::diff(&actual, &desired);
                 if !changes.is_empty() {
@@ -224,8 +332,20 @@ impl Node {
         }
         self.applied = Some(desired);
         self.sync_routes()?;
+        self.forget_removed_flows();
         self.record_apply(started);
+        self.report_applied(true);
         Ok(())
+    }
+
+    /// Everything up to `self.revision` is in the kernel now.
+    fn report_applied(&self, beyond_host_records: bool) {
+        self.metrics
+            .applied_revision
+            .store(self.revision.max(0) as u64, Ordering::SeqCst);
+        if beyond_host_records {
+            self.metrics.report_applied.store(true, Ordering::SeqCst);
+        }
     }
 
     /// The kernel's sets, if the table has every set we want (None otherwise).
@@ -237,6 +357,25 @@ impl Node {
             chains: desired.chains.clone(),
             sets: BTreeMap::new(),
         };
+        // Sets the kernel holds that we no longer want count too.
+        for name in dp::nft_list_sets()? {
+            if !desired.sets.contains_key(&name) {
+                let family = if name.ends_with("_v6") {
+                    netmod_model::nft::Family::V6
+                } else {
+                    netmod_model::nft::Family::V4
+                };
+                let elements = dp::nft_list_set_elements(&name, family)?;
+                actual.sets.insert(
+                    name.clone(),
+                    netmod_model::nft::SetDef {
+                        name,
+                        family,
+                        elements,
+                    },
+                );
+            }
+        }
         for (name, set) in &desired.sets {
             if !dp::nft_set_exists(name)? {
                 return Ok(None);
@@ -246,6 +385,50 @@ impl Node {
             actual.sets.insert(name.clone(), have);
         }
         Ok(Some(actual))
+    }
+
+    /// Remove records of this host whose interface has been gone for longer
+    /// than the grace period (a crash between record and plug, a lost
+    /// cleanup), releasing what they hold. Their addresses leave every set
+    /// through the change feed like any removal.
+    fn collect_stale_records(&mut self, links: &[dp::LinkInfo]) -> Result<(), CoreError> {
+        let present: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        let now = Instant::now();
+        let mut still_missing = BTreeMap::new();
+        let mut stale = Vec::new();
+        for (key, ep) in &self.endpoints {
+            if ep.host != self.hostname || present.contains(ep.iface.as_str()) {
+                continue;
+            }
+            let since = self.missing_links.get(key).copied().unwrap_or(now);
+            if now.duration_since(since) >= self.stale_grace {
+                stale.push(ep.clone());
+            } else {
+                still_missing.insert(key.clone(), since);
+            }
+        }
+        self.missing_links = still_missing;
+        let registry = EndpointRegistry::new(&*self.store);
+        for ep in stale {
+            log(format!(
+                "removing the record of {} ({}): its interface {} has been gone for {:?} or more",
+                ep.container_id, ep.host, ep.iface, self.stale_grace
+            ));
+            registry.delete_endpoint(&ep)?;
+            if let Some(handle) = &ep.handle {
+                match Ipam::new(&*self.store).release_handle(handle) {
+                    Ok(_) | Err(netmod_ipam::IpamError::UnknownHandle(_)) => {}
+                    Err(e) => log(format!("releasing {handle}: {e}")),
+                }
+            }
+            self.endpoints.remove(&crate::registry::endpoint_key(
+                &ep.host,
+                &ep.container_id,
+                &ep.container_iface,
+            ));
+            self.metrics.stale_records_removed.inc();
+        }
+        Ok(())
     }
 
     fn local(&self) -> impl Iterator<Item = &Endpoint> {
@@ -272,19 +455,33 @@ impl Node {
             return Ok(());
         }
         let mut relevant = false;
+        let mut beyond_host_records = false;
         for ev in &events {
             self.revision = self.revision.max(ev.revision());
             let key = ev.key();
+            beyond_host_records |= !key.starts_with(HOSTS);
             if key.starts_with(ENDPOINTS) {
                 relevant = true;
                 match ev {
-                    netmod_store::Event::Put(kv) => {
-                        if let Ok(e) = netmod_store::decode::<Endpoint>(kv) {
-                            self.endpoints.insert(key.to_string(), e);
+                    netmod_store::Event::Put(kv) => match netmod_store::decode::<Endpoint>(kv) {
+                        Ok(e) => {
+                            if let Some(old) = self.endpoints.insert(key.to_string(), e) {
+                                let kept: BTreeSet<IpAddr> = self.endpoints[key].addrs().collect();
+                                self.forget_flows
+                                    .extend(old.addrs().filter(|a| !kept.contains(a)));
+                            }
                         }
-                    }
+                        Err(e) => {
+                            log(format!("skipping record {key}: {e}"));
+                            self.metrics.undecodable.inc();
+                            // A record we cannot read holds nothing we can enforce.
+                            self.endpoints.remove(key);
+                        }
+                    },
                     netmod_store::Event::Delete { .. } => {
-                        self.endpoints.remove(key);
+                        if let Some(gone) = self.endpoints.remove(key) {
+                            self.forget_flows.extend(gone.addrs());
+                        }
                     }
                 }
             } else if key.starts_with(HOSTS) || key.starts_with("ipam/affinity") {
@@ -307,12 +504,45 @@ impl Node {
             }
             self.record_apply(started);
         }
+        self.forget_removed_flows();
+        if self.forget_flows.is_empty() {
+            self.report_applied(beyond_host_records);
+        }
         Ok(())
+    }
+
+    /// Addresses that left the cluster carry no flow on this host any more:
+    /// their conntrack entries go before the address can be handed out again
+    /// (the ruleset accepts established flows before any profile).
+    fn forget_removed_flows(&mut self) {
+        if self.forget_flows.is_empty() {
+            return;
+        }
+        let addrs: Vec<IpAddr> = std::mem::take(&mut self.forget_flows).into_iter().collect();
+        match dp::conntrack_forget(&addrs) {
+            Ok(n) => {
+                self.metrics.flows_forgotten.inc_by(n as u64);
+                if n > 0 {
+                    log(format!("forgot {n} tracked flow(s) of removed addresses"));
+                }
+            }
+            Err(e) => {
+                log(format!("forgetting flows of {addrs:?}: {e}; retrying"));
+                self.metrics.apply_errors.inc();
+                self.forget_flows.extend(addrs);
+            }
+        }
     }
 
     fn apply_increment(&mut self) -> Result<(), CoreError> {
         let desired = self.desired();
         match &self.applied {
+            // A netgroup left this host: its set and rule go with a whole,
+            // atomic install (a diff only ever adds rules).
+            Some(applied) if netmod_policy::has_stale_sets(applied, &desired) => {
+                log("a netgroup left this host: installing the netmod table");
+                dp::nft_replace_all(&desired)?;
+            }
             Some(applied) => {
                 let changes = netmod_policy::diff(applied, &desired);
                 match dp::nft_apply(&changes) {
@@ -399,17 +629,56 @@ impl Node {
     }
 }
 
+/// Watch nftables' events for changes to our table made by others; the
+/// returned flag is raised for each. The watcher opens its socket here, in
+/// the node's own namespace, before the thread starts.
+fn spawn_table_watch() -> Result<Arc<AtomicBool>, CoreError> {
+    let mut monitor = dp::NftMonitor::open()?;
+    let flag = Arc::new(AtomicBool::new(false));
+    let raised = flag.clone();
+    std::thread::Builder::new()
+        .name("nft-watch".into())
+        .spawn(move || loop {
+            match monitor.wait(Duration::from_secs(1)) {
+                Ok(seen) if seen.foreign => raised.store(true, Ordering::SeqCst),
+                Ok(_) => {}
+                Err(e) => {
+                    log(format!("watching nftables events: {e}; assuming a change"));
+                    raised.store(true, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        })
+        .map_err(|e| CoreError::Other(format!("starting the nftables watcher: {e}")))?;
+    Ok(flag)
+}
+
 /// Keep the host record alive; re-register if the lease was lost (e.g. after
 /// the datastore was unreachable for longer than the TTL).
-fn spawn_heartbeat(store: Arc<dyn Store>, host: Host, ttl: Duration, metrics: Arc<Metrics>) {
+fn spawn_heartbeat(store: Arc<dyn Store>, mut host: Host, ttl: Duration, metrics: Arc<Metrics>) {
     std::thread::spawn(move || {
         let mut lease = None;
         loop {
-            let ok = match lease {
+            let mut ok = match lease {
                 Some(id) => store.lease_keepalive(id).is_ok(),
                 None => false,
             };
+            if let (true, Some(id)) = (ok, lease) {
+                if metrics.report_applied.swap(false, Ordering::SeqCst) {
+                    host.applied_revision = Some(metrics.applied_revision.load(Ordering::SeqCst));
+                    if let Err(e) = EndpointRegistry::new(&*store).register_host(&host, id) {
+                        log(format!("cannot update host {}: {e}", host.name));
+                        metrics.report_applied.store(true, Ordering::SeqCst);
+                        ok = false;
+                    }
+                }
+            }
             if !ok {
+                if metrics.report_applied.swap(false, Ordering::SeqCst)
+                    || host.applied_revision.is_some()
+                {
+                    host.applied_revision = Some(metrics.applied_revision.load(Ordering::SeqCst));
+                }
                 lease = store
                     .lease_grant(ttl)
                     .and_then(|id| {

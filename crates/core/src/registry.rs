@@ -138,9 +138,16 @@ impl<'a> Registry<'a> {
         }
     }
 
+    /// Every endpoint record. One that cannot be read (a newer version's,
+    /// during an upgrade) is reported on stderr and skipped, never failing
+    /// the whole list.
     pub fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
         let (kvs, _) = self.store.range(ENDPOINTS)?;
-        kvs.iter().map(decode).collect()
+        let (good, bad) = netmod_store::decode_all::<Endpoint>(&kvs);
+        for b in bad {
+            eprintln!("netmod: skipping an unreadable endpoint record: {b}");
+        }
+        Ok(good.into_iter().map(|(_, e)| e).collect())
     }
 
     /// Addresses of a netgroup's members, on every host.

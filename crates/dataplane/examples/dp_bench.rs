@@ -36,11 +36,11 @@ impl Drop for Ns {
     }
 }
 
-/// (median, p90) in milliseconds.
-fn stats(mut samples: Vec<f64>) -> (f64, f64) {
+/// (median, p90, p99) in milliseconds.
+fn stats(mut samples: Vec<f64>) -> (f64, f64, f64) {
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.9))
+    (at(0.5), at(0.9), at(0.99))
 }
 
 fn time(f: impl FnOnce()) -> f64 {
@@ -142,10 +142,12 @@ fn main() {
 
     let mut json = Vec::new();
     for (name, samples) in results {
-        let (median, p90) = stats(samples);
-        println!("{name:21} median {median:.3} ms  p90 {p90:.3} ms  ({iterations} runs)");
+        let (median, p90, p99) = stats(samples);
+        println!(
+            "{name:21} median {median:.3} ms  p90 {p90:.3} ms  p99 {p99:.3} ms  ({iterations} runs)"
+        );
         json.push(format!(
-            "\"{name}_ms\":{{\"median\":{median:.4},\"p90\":{p90:.4}}}"
+            "\"{name}_ms\":{{\"median\":{median:.4},\"p90\":{p90:.4},\"p99\":{p99:.4}}}"
         ));
     }
     println!("{{{}}}", json.join(","));

@@ -7,34 +7,39 @@
 //! - nftables ([`nft_replace_all`], [`nft_apply`], ...): the one table
 //!   `inet netmod`, each call one atomic transaction.
 //!
-//! Everything is synchronous and speaks netlink directly: one small codec
-//! (`nl`) serves rtnetlink and nf_tables, so there is no C library to build
-//! against and no `nft`/`ip` process. Sockets are opened in the calling
-//! thread's current network namespace; [`in_netns`] runs code in another one
-//! on a dedicated thread. Each thread keeps one nftables socket per namespace
-//! for reuse (closing one after a deletion waits for the kernel, see `nft`).
+//! Everything is synchronous and speaks netlink directly through one small
+//! socket (`nl`): rtnetlink messages are `netlink-packet-route` types, the
+//! nf_tables messages our own codec (no crate covers what we use), so there
+//! is no C library to build against and no `nft`/`ip` process. Sockets are
+//! opened in the calling thread's current network namespace; [`in_netns`]
+//! runs code in another one on a dedicated thread. Each thread keeps one
+//! nftables socket per namespace for reuse (closing one after a deletion
+//! waits for the kernel, see `nft`).
 //!
-//! Host requirement: proxy ARP answers the containers' gateway 169.254.1.1
-//! only if the host has a route to it through another interface, which its
-//! default route normally is. A host (namespace) without a default route
-//! needs one, e.g. through its uplink.
+//! Containers reach their gateway (169.254.1.1 / fe80::1) through a
+//! permanent neighbour entry and the host side's own link-local address, so
+//! they work on a host without a default route too.
 //!
 //! Kernel requirement: >= 6.3 (`DeleteElements` uses NFT_MSG_DESTROYSETELEM).
 
+mod conntrack;
 mod error;
 mod link;
+mod monitor;
 mod netns;
 mod nft;
 mod nl;
 mod rtnl;
 
+pub use conntrack::conntrack_forget;
 pub use error::{Error, Result};
 pub use link::{
     add_route, del_route, del_routes_not_in, link_exists, list_links_with_prefix, list_routes,
     plug, unplug, LinkInfo, PlugSpec, Plugged, RouteInfo,
 };
+pub use monitor::{NftChanges, NftMonitor};
 pub use netns::{in_netns, in_netns_fd, open_netns};
 pub use nft::{
-    nft_apply, nft_delete_table, nft_list_set_elements, nft_replace_all, nft_set_exists,
-    nft_table_exists,
+    nft_apply, nft_delete_table, nft_list_set_elements, nft_list_sets, nft_replace_all,
+    nft_set_exists, nft_table_exists,
 };

@@ -137,6 +137,10 @@ fn explain_create_failure(host: &mut Rtnl, spec: &PlugSpec, e: Error) -> Error {
 
 fn configure(host: &mut Rtnl, cont: &mut Rtnl, spec: &PlugSpec) -> Result<Plugged> {
     let ci = &spec.container_iface;
+    // The host side never learns from its container: no router
+    // advertisements, no autoconfiguration, no redirects. Set while the
+    // container's end is still down, so no packet can come first.
+    host_sysctls(spec)?;
     cont.set_up("lo").context("set lo up in container")?;
     cont.set_up(ci)
         .with_context(|| format!("set {ci} up in container"))?;
@@ -164,7 +168,18 @@ fn configure(host: &mut Rtnl, cont: &mut Rtnl, spec: &PlugSpec) -> Result<Plugge
         .link_index(hi)
         .and_then(|i| i.ok_or_else(|| Error::errno("RTM_GETLINK", libc::ENODEV)))
         .with_context(|| format!("find {hi}"))?;
-    host_sysctls(spec)?;
+    // The container knows its gateway's MAC outright: proxy ARP answers for
+    // 169.254.1.1 only when the host has a route to it elsewhere (its default
+    // route, usually), and a host without one would leave its containers
+    // cut off even from itself.
+    if !spec.ipv4.is_empty() {
+        let mac = host
+            .link_mac(hi)
+            .and_then(|m| m.ok_or_else(|| Error::errno("RTM_GETLINK", libc::ENODEV)))
+            .with_context(|| format!("read the MAC of {hi}"))?;
+        cont.set_permanent_neighbour(cidx, IpAddr::V4(GATEWAY_V4), &mac)
+            .with_context(|| format!("neighbour {GATEWAY_V4} on {ci} in container"))?;
+    }
     if !spec.ipv6.is_empty() {
         host.add_addr(hidx, GATEWAY_V6.into(), 64, true)
             .with_context(|| format!("address {GATEWAY_V6}/64 on {hi}"))?;
@@ -216,11 +231,18 @@ fn describe(r: &RouteReq, dev: &str) -> String {
     }
 }
 
-/// Proxy ARP answers for the gateway (and forwarding) on the host side.
+/// Proxy ARP answers for the gateway (and forwarding) on the host side, and
+/// the host side ignores whatever would let a container reconfigure its host.
 /// `proxy_delay=0`: by default proxied ARP replies wait up to 0.8 s.
 fn host_sysctls(spec: &PlugSpec) -> Result<()> {
     let hi = &spec.host_iface;
-    let mut keys = Vec::new();
+    let mut keys = vec![(format!("net/ipv4/conf/{hi}/accept_redirects"), "0")];
+    // Whatever the endpoint's families: a container can send RAs regardless.
+    if std::path::Path::new(&format!("/proc/sys/net/ipv6/conf/{hi}")).exists() {
+        keys.push((format!("net/ipv6/conf/{hi}/accept_ra"), "0"));
+        keys.push((format!("net/ipv6/conf/{hi}/autoconf"), "0"));
+        keys.push((format!("net/ipv6/conf/{hi}/accept_redirects"), "0"));
+    }
     if !spec.ipv4.is_empty() {
         keys.push((format!("net/ipv4/conf/{hi}/proxy_arp"), "1"));
         keys.push((format!("net/ipv4/neigh/{hi}/proxy_delay"), "0"));
@@ -286,11 +308,7 @@ pub fn del_route(dst: IpNet) -> Result<bool> {
 /// Every route of the main table with netmod's protocol number, both families.
 pub fn list_routes() -> Result<Vec<RouteInfo>> {
     let mut rtnl = Rtnl::open()?;
-    let raw = rtnl.routes().context("list routes")?;
-    let ours: Vec<_> = raw
-        .into_iter()
-        .filter(|r| r.protocol == ROUTE_PROTOCOL)
-        .collect();
+    let ours = rtnl.routes(ROUTE_PROTOCOL).context("list routes")?;
     let names: HashMap<u32, String> = if ours.iter().any(|r| r.oif.is_some()) {
         let links = rtnl.links().context("list links")?;
         links.into_iter().map(|l| (l.index, l.name)).collect()

@@ -1,8 +1,10 @@
-//! Minimal netlink: building messages, reading attributes, and a socket that
-//! sends requests (or one batch) and collects the kernel's answers.
+//! Minimal netlink: a socket that sends requests (or one batch) and collects
+//! the kernel's answers, and the small message codec nf_tables uses.
 //!
-//! Shared by rtnetlink (links, addresses, routes) and nftables: both are
-//! plain TLV messages, so one small codec serves both without C libraries.
+//! The socket serves both rtnetlink and nf_tables. rtnetlink messages come
+//! encoded from `netlink-packet-route` (see `rtnl`); nf_tables has no such
+//! crate that covers what we use, so `Msg` and the attribute readers build
+//! and read its plain TLV messages here.
 
 use crate::error::{Error, Result};
 use std::io;
@@ -10,7 +12,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 pub(crate) const NLM_F_ACK: u16 = 0x4;
-pub(crate) const NLM_F_REPLACE: u16 = 0x100;
 pub(crate) const NLM_F_EXCL: u16 = 0x200;
 pub(crate) const NLM_F_CREATE: u16 = 0x400;
 pub(crate) const NLM_F_APPEND: u16 = 0x800;
@@ -91,20 +92,9 @@ impl Msg {
         self.attr(ty, &v)
     }
 
-    pub fn u32_ne(&mut self, ty: u16, v: u32) -> &mut Msg {
-        self.attr(ty, &v.to_ne_bytes())
-    }
-
     /// nftables integers travel in network byte order.
     pub fn u32_be(&mut self, ty: u16, v: u32) -> &mut Msg {
         self.attr(ty, &v.to_be_bytes())
-    }
-
-    /// Raw bytes inside a nest (the veth peer's ifinfomsg).
-    pub fn raw(&mut self, data: &[u8]) -> &mut Msg {
-        self.buf.extend_from_slice(data);
-        self.buf.resize(align4(self.buf.len()), 0);
-        self
     }
 
     pub fn nest(&mut self, ty: u16, body: impl FnOnce(&mut Msg)) -> &mut Msg {
@@ -119,6 +109,15 @@ impl Msg {
         self.too_long |= len > u16::MAX as usize;
         self.buf[start..start + 2].copy_from_slice(&(len as u16).to_ne_bytes());
         self
+    }
+
+    /// A nested attribute whose body is already encoded (e.g. copied from a
+    /// message the kernel sent).
+    pub fn nested_raw(&mut self, ty: u16, body: &[u8]) -> &mut Msg {
+        self.nest(ty, |m| {
+            m.buf.extend_from_slice(body);
+            m.buf.resize(align4(m.buf.len()), 0);
+        })
     }
 
     /// Fills in length and sequence number; returns the wire bytes.
@@ -155,10 +154,6 @@ pub(crate) fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 
 pub(crate) fn attr(b: &[u8], ty: u16) -> Option<&[u8]> {
     attrs(b).find(|(t, _)| *t == ty).map(|(_, d)| d)
-}
-
-pub(crate) fn attr_u32(b: &[u8], ty: u16) -> Option<u32> {
-    attr(b, ty).and_then(|d| Some(u32::from_ne_bytes(d.get(..4)?.try_into().ok()?)))
 }
 
 pub(crate) fn attr_str(b: &[u8], ty: u16) -> Option<String> {
@@ -307,7 +302,8 @@ impl Socket {
         }
     }
 
-    fn next_seq(&mut self) -> u32 {
+    /// The sequence number for the next message sent.
+    pub fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq
     }
@@ -322,6 +318,11 @@ impl Socket {
             wire.extend_from_slice(m.finish(seq)?);
             seqs.push(seq);
         }
+        self.send_wire(&wire)?;
+        Ok(seqs)
+    }
+
+    fn send_wire(&self, wire: &[u8]) -> Result<()> {
         // SAFETY: `wire` is a live buffer of the given length for the whole call.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), wire.as_ptr().cast(), wire.len(), 0) };
         if n < 0 {
@@ -330,7 +331,7 @@ impl Socket {
         if n as usize != wire.len() {
             return Err(Error::invalid("netlink send", "short write"));
         }
-        Ok(seqs)
+        Ok(())
     }
 
     /// Receives one datagram; None when `nonblocking` and nothing is queued.
@@ -368,10 +369,24 @@ impl Socket {
         &mut self,
         what: &str,
         mut msg: Msg,
-        mut on_reply: impl FnMut(u16, &[u8]),
+        on_reply: impl FnMut(u16, &[u8]),
     ) -> Result<()> {
         msg.add_ack();
-        let seq = self.send(std::slice::from_mut(&mut msg))?[0];
+        let seq = self.next_seq();
+        let wire = msg.finish(seq)?;
+        self.exchange(what, seq, wire, on_reply)
+    }
+
+    /// Like [`Socket::request`] for a message encoded elsewhere: `wire` is one
+    /// whole message that asks for an ack and carries `seq` from `next_seq`.
+    pub fn exchange(
+        &mut self,
+        what: &str,
+        seq: u32,
+        wire: &[u8],
+        mut on_reply: impl FnMut(u16, &[u8]),
+    ) -> Result<()> {
+        self.send_wire(wire)?;
         loop {
             let n = self.recv(false)?.unwrap_or(0);
             for r in replies(&self.buf[..n]) {
@@ -392,6 +407,50 @@ impl Socket {
                     };
                 }
                 on_reply(r.ty, r.payload);
+            }
+        }
+    }
+
+    /// Subscribe to a multicast group (e.g. NFNLGRP_NFTABLES) for events.
+    pub fn join_group(&self, group: u32) -> Result<()> {
+        const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+        self.set_opt(
+            libc::SOL_NETLINK,
+            NETLINK_ADD_MEMBERSHIP,
+            group as libc::c_int,
+        )
+        .map_err(|e| Error::io(format!("join netlink group {group}"), e))
+    }
+
+    /// Waits up to `timeout` for event messages and returns each one's type
+    /// and payload (empty when none came). ENOBUFS (events lost because we
+    /// were slow) is reported as one message of type 0, so that the caller
+    /// treats it as "anything may have changed".
+    pub fn recv_events(&mut self, timeout: std::time::Duration) -> Result<Vec<(u16, Vec<u8>)>> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                return Ok(Vec::new());
+            }
+            return Err(Error::io("poll netlink socket", err));
+        }
+        let mut out = Vec::new();
+        loop {
+            match self.recv(true) {
+                Ok(Some(n)) => {
+                    out.extend(replies(&self.buf[..n]).map(|r| (r.ty, r.payload.to_vec())))
+                }
+                Ok(None) => return Ok(out),
+                Err(e) if e.os_error() == Some(libc::ENOBUFS) => out.push((0, Vec::new())),
+                Err(e) => return Err(e),
             }
         }
     }

@@ -306,3 +306,428 @@ fn usage_counts_used_free_and_quarantined() {
         ["h1", "h2"]
     );
 }
+
+fn attrs(host: &str) -> AllocAttrs {
+    AllocAttrs {
+        host: host.into(),
+        ..Default::default()
+    }
+}
+
+fn put_host(s: &dyn Store, name: &str, applied: Option<i64>) {
+    let mut v = serde_json::json!({"name": name, "ip": "10.255.0.1"});
+    if let Some(a) = applied {
+        v["applied_revision"] = a.into();
+    }
+    s.txn(&[], &[Op::put(format!("hosts/{name}"), v.to_string())])
+        .unwrap();
+}
+
+#[test]
+fn a_retried_allocate_gets_the_same_addresses() {
+    let (_d, s) = store();
+    let ipam = Ipam::new(&s);
+    ipam.add_pool("10.12.0.0/24".parse().unwrap(), None, 60)
+        .unwrap();
+    ipam.add_pool("fd00:12::/64".parse().unwrap(), None, 60)
+        .unwrap();
+    let first = ipam.allocate(&req("task-1", "h", 2, 1)).unwrap();
+    let rev = s.revision().unwrap();
+    let again = Ipam::new(&s).allocate(&req("task-1", "h", 2, 1)).unwrap();
+    assert_eq!(again, first, "the reply that was lost, once more");
+    assert_eq!(s.revision().unwrap(), rev, "a retry writes nothing");
+    assert_eq!(ipam.handle("task-1").unwrap().unwrap().addrs.len(), 3);
+    assert_eq!(
+        ipam.usage()
+            .unwrap()
+            .pools
+            .iter()
+            .map(|p| p.used)
+            .sum::<u64>(),
+        3
+    );
+    // A different request under the same handle is an error naming both.
+    for (v4, v6, host) in [(1, 1, "h"), (2, 0, "h"), (2, 1, "other")] {
+        let err = ipam.allocate(&req("task-1", host, v4, v6)).unwrap_err();
+        assert!(matches!(err, IpamError::HandleConflict { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"task-1\"") && msg.contains("10.12.0.1"),
+            "{msg}"
+        );
+        assert!(msg.contains("2 IPv4 + 1 IPv6"), "{msg}");
+        assert_eq!(s.revision().unwrap(), rev, "an error writes nothing");
+    }
+    // Static addresses are part of the request too.
+    let mut r = req("st", "h", 1, 0);
+    r.static_addrs = vec![ip("10.12.0.200")];
+    assert_eq!(ipam.allocate(&r).unwrap().ipv4, [ip4("10.12.0.200")]);
+    assert_eq!(ipam.allocate(&r).unwrap().ipv4, [ip4("10.12.0.200")]);
+    r.static_addrs = vec![ip("10.12.0.201")];
+    assert!(matches!(
+        ipam.allocate(&r),
+        Err(IpamError::HandleConflict { .. })
+    ));
+    // Part of it released by address: a retry is refused, not topped up.
+    let held = ipam.handle("task-1").unwrap().unwrap().addrs;
+    ipam.release_addrs(&held[..1]).unwrap();
+    let err = ipam.allocate(&req("task-1", "h", 2, 1)).unwrap_err();
+    assert!(err.to_string().contains("since partly released"), "{err}");
+    // After a release the handle is new again.
+    ipam.release_handle("task-1").unwrap();
+    assert_eq!(
+        ipam.allocate(&req("task-1", "h", 1, 0)).unwrap().ipv4.len(),
+        1
+    );
+    assert!(ipam.check_consistency().unwrap().is_empty());
+}
+
+fn ip4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn reserve_then_allocate_under_one_uid_is_not_a_retry() {
+    // net-modules sends reserve for the addresses a task named and allocate
+    // for the rest, both under the container's uid.
+    let (_d, s) = store();
+    let ipam = Ipam::new(&s);
+    ipam.add_pool("10.13.0.0/24".parse().unwrap(), None, 60)
+        .unwrap();
+    ipam.reserve("c1", &attrs("h"), &[ip("10.13.0.100")])
+        .unwrap();
+    let got = ipam.allocate(&req("c1", "h", 1, 0)).unwrap();
+    assert_ne!(
+        got.ipv4,
+        [ip4("10.13.0.100")],
+        "a new address, not the reserved one"
+    );
+    assert_eq!(
+        ipam.allocate(&req("c1", "h", 1, 0)).unwrap(),
+        got,
+        "then retries repeat it"
+    );
+    let rec = ipam.handle("c1").unwrap().unwrap();
+    assert_eq!(rec.addrs.len(), 2);
+    assert!(rec.created_ms.is_some());
+}
+
+#[test]
+fn quarantine_holds_for_addresses_asked_for_by_value() {
+    let (_d, s) = store();
+    let ipam = Ipam::new(&s);
+    ipam.add_pool("10.14.0.0/24".parse().unwrap(), None, 1)
+        .unwrap();
+    let a = ip("10.14.0.50");
+    ipam.reserve("old", &attrs("h"), &[a]).unwrap();
+    ipam.release_handle("old").unwrap();
+    // The first to ask sees every live host past the release (there are
+    // none) and records that; the quarantine counts from then.
+    let err = ipam.reserve("new", &attrs("h"), &[a]).unwrap_err();
+    assert!(matches!(err, IpamError::Quarantined { .. }), "{err}");
+    let before = s.revision().unwrap();
+    let err = ipam.reserve("new", &attrs("h"), &[a]).unwrap_err();
+    assert!(matches!(err, IpamError::Quarantined { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("10.14.0.50") && msg.contains("quarantined until 20"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("UTC") && msg.contains("--ignore-quarantine"),
+        "{msg}"
+    );
+    assert_eq!(s.revision().unwrap(), before, "refused: nothing written");
+    assert!(ipam.handle("new").unwrap().is_none());
+    // The ipv4_addrs label on allocate is by value too.
+    let mut r = req("new", "h", 1, 0);
+    r.static_addrs = vec![a];
+    assert!(matches!(
+        ipam.allocate(&r),
+        Err(IpamError::Quarantined { .. })
+    ));
+    // An operator may force it.
+    ipam.reserve_with("forced", &attrs("h"), &[a], true)
+        .unwrap();
+    assert_eq!(ipam.holder(&a).unwrap().as_deref(), Some("forced"));
+    ipam.release_handle("forced").unwrap();
+    // And once the quarantine has passed, anyone may have it.
+    assert!(ipam.reserve("later", &attrs("h"), &[a]).is_err());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    ipam.reserve("later", &attrs("h"), &[a]).unwrap();
+    assert!(ipam.check_consistency().unwrap().is_empty());
+}
+
+#[test]
+fn quarantine_counts_from_when_every_live_host_applied_the_release() {
+    let (_d, s) = store();
+    let ipam = Ipam::new(&s);
+    // Two addresses per block: .1 and .2 (.0 and .3 are the pool's edges).
+    ipam.add_pool("10.15.0.0/30".parse().unwrap(), Some(30), 1)
+        .unwrap();
+    let first = ipam.allocate(&req("a", "h1", 1, 0)).unwrap().ipv4[0];
+    put_host(&s, "h1", Some(0));
+    put_host(&s, "h2", None);
+    ipam.release_handle("a").unwrap();
+    let released_at = s
+        .get(&block_key(&"10.15.0.0/30".parse().unwrap()))
+        .unwrap()
+        .unwrap()
+        .mod_revision;
+    let second = ipam.allocate(&req("b", "h1", 1, 0)).unwrap().ipv4[0];
+    assert_ne!(second, first);
+    // Long after the pool's quarantine, hosts h1 (behind) and h2 (an old
+    // node, no revision) still hold it back.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let err = ipam.allocate(&req("c", "h1", 1, 0)).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("wait for every live host"), "{msg}");
+    assert!(
+        msg.contains(&format!("h1 at revision 0 of {released_at}")),
+        "{msg}"
+    );
+    assert!(msg.contains("h2 reports no applied revision"), "{msg}");
+    let err = ipam
+        .reserve("c", &attrs("h1"), &[IpAddr::V4(first)])
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("until every live host has applied"),
+        "{err}"
+    );
+    // h1 catches up exactly to the release; h2's lease expires (its record goes).
+    put_host(&s, "h1", Some(released_at));
+    s.txn(&[], &[Op::delete("hosts/h2")]).unwrap();
+    // The first allocation to see it confirms the release, even though it
+    // fails (nothing else is free) ...
+    let err = ipam.allocate(&req("c", "h1", 1, 0)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("1 released address(es) are in quarantine"),
+        "{err}"
+    );
+    let block: Block = decode(
+        &s.get(&block_key(&"10.15.0.0/30".parse().unwrap()))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    let rel = block.released.values().next().expect("still quarantined");
+    assert_eq!(
+        rel.revision,
+        Some(released_at),
+        "the release's revision is kept"
+    );
+    let confirmed = rel
+        .confirmed_ms
+        .expect("confirmed by the failed allocation");
+    // ... and the quarantine counts from then, not from the release.
+    assert!(matches!(
+        ipam.allocate(&req("c", "h1", 1, 0)),
+        Err(IpamError::Exhausted { .. })
+    ));
+    let wait = (confirmed + 1000 - netmod_now_ms()).max(0) as u64 + 50;
+    std::thread::sleep(std::time::Duration::from_millis(wait));
+    assert_eq!(ipam.allocate(&req("c", "h1", 1, 0)).unwrap().ipv4[0], first);
+    assert!(ipam.check_consistency().unwrap().is_empty());
+}
+
+#[test]
+fn a_host_ahead_of_the_release_does_not_hold_it_back() {
+    let (_d, s) = store();
+    let ipam = Ipam::new(&s);
+    ipam.add_pool("10.16.0.0/30".parse().unwrap(), Some(30), 1)
+        .unwrap();
+    ipam.allocate(&req("a", "h1", 1, 0)).unwrap();
+    put_host(&s, "h1", Some(1_000_000));
+    ipam.release_handle("a").unwrap();
+    let u = ipam.usage().unwrap();
+    assert_eq!(u.pools[0].quarantined, 1, "released, not yet confirmed");
+    ipam.allocate(&req("b", "h1", 1, 0)).unwrap();
+    let block: Block = decode(
+        &s.get(&block_key(&"10.16.0.0/30".parse().unwrap()))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(block.released.values().all(|r| r.confirmed_ms.is_some()));
+}
+
+#[test]
+fn a_removal_after_the_release_restarts_the_quarantine() {
+    let (_d, s) = store();
+    let ipam = Ipam::new(&s);
+    ipam.add_pool("10.17.0.0/24".parse().unwrap(), None, 30)
+        .unwrap();
+    let a = IpAddr::V4(ipam.allocate(&req("a", "h1", 1, 0)).unwrap().ipv4[0]);
+    ipam.release_handle("a").unwrap();
+    put_host(&s, "h1", Some(i64::MAX / 2));
+    ipam.allocate(&req("b", "h1", 1, 0)).unwrap();
+    let key = block_key(&"10.17.0.0/26".parse().unwrap());
+    let before: Block = decode(&s.get(&key).unwrap().unwrap()).unwrap();
+    assert!(before.released.values().all(|r| r.confirmed_ms.is_some()));
+    assert_eq!(
+        ipam.restart_quarantine(&[a, ip("10.17.0.9"), ip("10.99.0.1")])
+            .unwrap(),
+        1
+    );
+    let kv = s.get(&key).unwrap().unwrap();
+    let after: Block = decode(&kv).unwrap();
+    let rel = &after.released[&ordinal(&"10.17.0.0/26".parse().unwrap(), &a)];
+    assert_eq!(rel.confirmed_ms, None, "hosts must apply the removal again");
+    assert_eq!(rel.revision, None, "the revision of this write");
+    assert_eq!(
+        ipam.blocks().unwrap()[0]
+            .released
+            .values()
+            .next()
+            .unwrap()
+            .revision,
+        Some(kv.mod_revision),
+        "read back as the block's revision"
+    );
+    // Held addresses are left alone.
+    let held = IpAddr::V4(
+        ipam.handle("b").unwrap().unwrap().addrs[0]
+            .to_string()
+            .parse()
+            .unwrap(),
+    );
+    assert_eq!(ipam.restart_quarantine(&[held]).unwrap(), 0);
+}
+
+#[test]
+fn records_this_version_cannot_read_are_skipped_not_fatal() {
+    let (_d, s) = store();
+    let ipam = Ipam::new(&s);
+    ipam.add_pool("10.18.0.0/24".parse().unwrap(), None, 60)
+        .unwrap();
+    ipam.allocate(&req("a", "h1", 1, 0)).unwrap();
+    // A newer version's records: a block of another host, a handle, a pool.
+    s.txn(
+        &[],
+        &[
+            Op::put("ipam/blocks/10.18.0.64-26", r#"{"format": 9}"#),
+            Op::put("ipam/affinity/h2/10.18.0.64-26", ""),
+            Op::put("ipam/handles/new", "not json"),
+            Op::put("ipam/pools/10.19.0.0-16", r#"{"cidr": 7}"#),
+        ],
+    )
+    .unwrap();
+    let ipam = Ipam::new(&s);
+    let got = ipam.allocate(&req("b", "h1", 1, 0)).unwrap().ipv4[0];
+    assert!(got.to_string().starts_with("10.18.0."));
+    // Another host claims a new block, never the unreadable one.
+    let other = ipam.allocate(&req("c", "h3", 1, 0)).unwrap().ipv4[0];
+    assert!(!"10.18.0.64/26"
+        .parse::<IpNet>()
+        .unwrap()
+        .contains(&IpAddr::V4(other)));
+    assert_eq!(ipam.handles().unwrap().len(), 3);
+    let (_, bad) = ipam.handles_checked().unwrap();
+    assert_eq!(bad[0].key, "ipam/handles/new");
+    let u = ipam.usage().unwrap();
+    assert_eq!(u.unreadable.len(), 2, "{:?}", u.unreadable);
+    assert_eq!(u.pools.len(), 1);
+    let problems = ipam.check_consistency().unwrap();
+    assert!(
+        problems.iter().any(|p| p.contains("ipam/handles/new")),
+        "{problems:?}"
+    );
+    // What needs the unreadable record says so.
+    let err = ipam
+        .reserve("d", &attrs("h1"), &[ip("10.18.0.70")])
+        .unwrap_err();
+    assert!(matches!(err, IpamError::Unreadable(_)), "{err}");
+    assert!(
+        err.to_string().contains("ipam/blocks/10.18.0.64-26"),
+        "{err}"
+    );
+    let err = ipam
+        .reserve("d", &attrs("h1"), &[ip("10.19.0.5")])
+        .unwrap_err();
+    assert!(err.to_string().contains("ipam/pools/10.19.0.0-16"), "{err}");
+    assert!(matches!(
+        ipam.add_pool("10.19.128.0/17".parse().unwrap(), None, 60),
+        Err(IpamError::Unreadable(_))
+    ));
+    ipam.add_pool("10.20.0.0/16".parse().unwrap(), None, 60)
+        .unwrap();
+}
+
+#[test]
+fn pools_refuse_reserved_ranges_and_the_callers_networks() {
+    let (_d, s) = store();
+    let ipam = Ipam::new(&s);
+    for (cidr, what) in [
+        ("127.0.0.0/8", "loopback"),
+        ("127.1.0.0/16", "loopback"),
+        ("224.0.0.0/4", "multicast"),
+        ("232.0.0.0/8", "multicast"),
+        ("169.254.0.0/16", "link-local"),
+        ("0.0.0.0/8", "unspecified"),
+        ("0.0.0.0/0", "unspecified"),
+        ("255.255.255.0/24", "broadcast"),
+        ("::1/128", "loopback"),
+        ("fe80::/64", "link-local"),
+        ("ff00::/8", "multicast"),
+        ("::/0", "unspecified"),
+    ] {
+        let err = ipam
+            .add_pool(cidr.parse().unwrap(), None, 60)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(err, IpamError::PoolForbidden { .. }),
+            "{cidr}: {err}"
+        );
+        assert!(err.to_string().contains(what), "{cidr}: {err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("pool {cidr} overlaps")),
+            "{err}"
+        );
+    }
+    let host = [Forbidden {
+        net: "10.1.0.0/16".parse().unwrap(),
+        what: "this host's route 10.1.0.0/16 via eth0".into(),
+    }];
+    let err = ipam
+        .add_pool_checked("10.0.0.0/8".parse().unwrap(), None, 60, &host)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "pool 10.0.0.0/8 overlaps this host's route 10.1.0.0/16 via eth0"
+    );
+    assert!(ipam.pools().unwrap().is_empty(), "nothing added");
+    let p: IpNet = "10.2.0.0/16".parse().unwrap();
+    assert_eq!(
+        ipam.add_pool_checked(p, None, 60, &host).unwrap().1,
+        PoolAdded::Added
+    );
+    let rev = s.revision().unwrap();
+    assert_eq!(
+        ipam.add_pool_checked(p, None, 60, &host).unwrap().1,
+        PoolAdded::Unchanged
+    );
+    assert_eq!(s.revision().unwrap(), rev);
+    let err = ipam.add_pool(p, Some(24), 60).unwrap_err().to_string();
+    assert!(
+        err.contains("already exists with blocks /26 and quarantine 60 s"),
+        "{err}"
+    );
+    let err = ipam
+        .add_pool("10.2.3.0/24".parse().unwrap(), None, 60)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "pool 10.2.3.0/24 overlaps pool 10.2.0.0/16"
+    );
+}
+
+#[test]
+fn utc_formats_unix_milliseconds() {
+    assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+    assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+    assert_eq!(utc(1_700_000_000_999), "2023-11-14 22:13:20 UTC");
+}

@@ -38,6 +38,28 @@ pub struct Usage {
     pub pools: Vec<PoolUsage>,
     pub blocks: Vec<BlockUsage>,
     pub hosts: Vec<HostUsage>,
+    /// Pool and block records this version cannot read: left out above.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<netmod_store::Undecodable>,
+}
+
+/// Released addresses of a block not free yet: counting down, or waiting
+/// for every live host to apply their release.
+pub(crate) fn quarantined(b: &Block, now: i64) -> u64 {
+    let ords: std::collections::BTreeSet<u32> = b
+        .released
+        .keys()
+        .chain(b.quarantine.keys())
+        .copied()
+        .collect();
+    ords.into_iter()
+        .filter(|ord| {
+            matches!(
+                crate::plan::slot_state(b, *ord, now),
+                crate::plan::SlotState::Quarantined(_) | crate::plan::SlotState::Awaiting(_)
+            )
+        })
+        .count() as u64
 }
 
 fn usable(cidr: &IpNet) -> u128 {
@@ -57,14 +79,15 @@ fn usable(cidr: &IpNet) -> u128 {
 impl Ipam<'_> {
     pub fn usage(&self) -> Result<Usage> {
         let now = netmod_now_ms();
-        let pools = self.pools()?;
-        let blocks = self.blocks()?;
+        let (pools, mut unreadable) = self.pools_checked()?;
+        let (blocks, bad_blocks) = self.blocks_checked()?;
+        unreadable.extend(bad_blocks);
         let mut hosts: BTreeMap<String, HostUsage> = BTreeMap::new();
         let block_usage: Vec<BlockUsage> = blocks
             .iter()
             .map(|b| {
                 let used = b.slots.len() as u64;
-                let quarantined = b.quarantine.values().filter(|u| **u > now).count() as u64;
+                let quarantined = quarantined(b, now);
                 let size = 1u64 << (b.cidr.max_prefix_len() - b.cidr.prefix_len());
                 let pool_edges = match b.pool {
                     IpNet::V4(p) if p.prefix_len() < 31 => [p.network(), p.broadcast()]
@@ -122,6 +145,7 @@ impl Ipam<'_> {
             pools: pool_usage,
             blocks: block_usage,
             hosts: hosts.into_values().collect(),
+            unreadable,
         })
     }
 }

@@ -59,6 +59,11 @@ pub struct Host {
     pub ip: IpAddr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<IpAddr>,
+    /// The datastore revision up to which this host's node has applied every
+    /// change (removals included: flows forgotten). Quarantine of released
+    /// addresses counts from the moment every live host is past the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_revision: Option<u64>,
 }
 
 /// A container plugged into the network on one host.

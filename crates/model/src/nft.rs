@@ -13,6 +13,8 @@ pub const TABLE: &str = "netmod";
 pub const CHAIN_FORWARD: &str = "forward";
 pub const CHAIN_FROM_ENDPOINT: &str = "from_endpoint";
 pub const CHAIN_TO_ENDPOINT: &str = "to_endpoint";
+pub const CHAIN_INPUT: &str = "input";
+pub const CHAIN_ENDPOINT_TO_HOST: &str = "endpoint_to_host";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Family {
@@ -58,6 +60,10 @@ pub enum Match {
     OifPrefix(String),
     /// `ct state established,related`
     CtEstablishedOrRelated,
+    /// `ct state invalid`
+    CtInvalid,
+    /// `icmp type N` (V4) / `icmpv6 type N` (V6)
+    IcmpType { family: Family, icmp_type: u8 },
     /// `fib saddr . iif oif missing`: the source does not route back out of the
     /// interface it came in on (strict reverse-path check: anti-spoofing).
     SourceNotRoutedViaIif,
@@ -86,6 +92,7 @@ pub struct Rule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HookKind {
     Forward,
+    Input,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +142,15 @@ impl fmt::Display for Match {
             Match::IifPrefix(p) => write!(f, "iifname \"{p}*\""),
             Match::OifPrefix(p) => write!(f, "oifname \"{p}*\""),
             Match::CtEstablishedOrRelated => write!(f, "ct state established,related"),
+            Match::CtInvalid => write!(f, "ct state invalid"),
+            Match::IcmpType {
+                family: Family::V4,
+                icmp_type,
+            } => write!(f, "icmp type {icmp_type}"),
+            Match::IcmpType {
+                family: Family::V6,
+                icmp_type,
+            } => write!(f, "icmpv6 type {icmp_type}"),
             Match::SourceNotRoutedViaIif => write!(f, "fib saddr . iif oif missing"),
             Match::SaddrIn { set, family } => write!(f, "{} saddr @{set}", family.keyword()),
             Match::DaddrIn { set, family } => write!(f, "{} daddr @{set}", family.keyword()),
@@ -187,6 +203,7 @@ impl fmt::Display for Ruleset {
             if let Some(hook) = &chain.hook {
                 let kind = match hook.kind {
                     HookKind::Forward => "forward",
+                    HookKind::Input => "input",
                 };
                 let policy = if hook.accept_by_default {
                     "accept"

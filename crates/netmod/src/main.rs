@@ -26,7 +26,7 @@ runtime's CNI plugin directory (usually /opt/cni/bin; the Debian package install
 The net-modules door for Mesos 0.26-0.28 is `netmod mesos` (see `netmod mesos --help`)."
 )]
 struct Cli {
-    /// Datastore: a SQLite file path, or etcd://HOST:PORT[,HOST:PORT][?prefix=P&ca=F&cert=F&key=F] (default: $NETMOD_STORE, else /var/lib/netmod/netmod.db).
+    /// Datastore: a SQLite file path (or sqlite://PATH), or etcd://HOST:PORT[,HOST:PORT][?prefix=P&ca=F&cert=F&key=F] (default: $NETMOD_STORE, else /var/lib/netmod/netmod.db). Commands that only read need an existing store; `pool add` creates the file, never its directory (except the default's).
     #[arg(long, global = true, value_name = "PATH|URL")]
     store: Option<String>,
     /// Output format: a table for people, JSON for scripts.
@@ -44,7 +44,7 @@ enum Cmd {
     /// Manage address pools.
     #[command(subcommand)]
     Pool(ops::PoolCmd),
-    /// Inspect and release address allocations.
+    /// Inspect, reserve, release and check address allocations.
     #[command(subcommand)]
     Ipam(ops::IpamCmd),
     /// The per-host daemon: keeps this host's routes and nftables policy in step with the datastore.
@@ -144,12 +144,26 @@ fn main() {
     let store_flag = cli.store.as_deref();
     let result = match cli.cmd {
         Cmd::Mesos => std::process::exit(mesos::main(store_flag)),
-        Cmd::Pool(cmd) => open(store_flag).and_then(|s| ops::pool(&*s, cmd, cli.output)),
-        Cmd::Ipam(cmd) => open(store_flag).and_then(|s| ops::ipam(&*s, cmd, cli.output)),
+        Cmd::Pool(cmd) => {
+            let store = if cmd.creates_store() {
+                open(store_flag)
+            } else {
+                open_existing(store_flag)
+            };
+            store.and_then(|s| ops::pool(&*s, cmd, cli.output))
+        }
+        Cmd::Ipam(cmd) => open_existing(store_flag).and_then(|s| {
+            // `ipam check`: exit status 3 when it found problems, as explain.
+            ops::ipam(&*s, cmd, cli.output).map(|clean| {
+                if !clean {
+                    std::process::exit(3)
+                }
+            })
+        }),
         Cmd::Bench { args } => exec_sibling("netmod-bench", None, args, store_flag),
         Cmd::Node(args) => node::run(store_flag, args),
-        Cmd::Endpoints => open(store_flag).and_then(|s| show::endpoints(&*s, cli.output)),
-        Cmd::Explain { from, to, port } => open(store_flag).and_then(|s| {
+        Cmd::Endpoints => open_existing(store_flag).and_then(|s| show::endpoints(&*s, cli.output)),
+        Cmd::Explain { from, to, port } => open_existing(store_flag).and_then(|s| {
             // Exit status 0 when allowed, 3 when dropped: scripts can branch on it.
             show::explain(&*s, &from, &to, port, cli.output).map(|allowed| {
                 if !allowed {
@@ -196,8 +210,18 @@ fn exec_sibling(
     )))
 }
 
+/// The store for a command that writes: a SQLite file is created if missing
+/// (its directory never is, except the default path's).
 fn open(flag: Option<&str>) -> Result<Box<dyn netmod_store::Store>, CliError> {
     Ok(netmod_store::open(&netmod_store::store_address(flag))?)
+}
+
+/// The store for a command that reads (or only changes what is there): it
+/// must exist; nothing is created.
+fn open_existing(flag: Option<&str>) -> Result<Box<dyn netmod_store::Store>, CliError> {
+    Ok(netmod_store::open_existing(&netmod_store::store_address(
+        flag,
+    ))?)
 }
 
 #[cfg(test)]

@@ -8,12 +8,15 @@ use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
-    /// This host's name, as the cluster manager calls it (see "Host names" in the README).
-    #[arg(long, env = "NETMOD_HOSTNAME", required_unless_present = "uninstall")]
+    /// This host's name, exactly as the cluster manager sends it (default: $NETMOD_HOSTNAME, else the kernel's host name; see "Host names" in the README).
+    #[arg(long, env = "NETMOD_HOSTNAME")]
     pub hostname: Option<String>,
     /// The address other hosts route this host's blocks through.
     #[arg(long, env = "NETMOD_HOST_IP", required_unless_present = "uninstall")]
     pub host_ip: Option<IpAddr>,
+    /// This host's IPv6 address, through which other hosts route its IPv6 blocks (dual stack).
+    #[arg(long, env = "NETMOD_HOST_IPV6")]
+    pub host_ipv6: Option<std::net::Ipv6Addr>,
     /// Where /healthz and /metrics listen (loopback).
     #[arg(long, env = "NETMOD_METRICS_ADDR", default_value = "127.0.0.1:9190")]
     pub metrics_addr: String,
@@ -23,6 +26,9 @@ pub struct NodeArgs {
     /// Seconds between full desired-vs-actual checks.
     #[arg(long, default_value_t = 30)]
     pub resync_interval: u64,
+    /// Seconds a record of this host may name a missing interface before the node removes it and releases its addresses.
+    #[arg(long, default_value_t = netmod_core::node::STALE_RECORD_GRACE.as_secs())]
+    pub stale_record_grace: u64,
     /// Remove everything netmod created on this host (table, interfaces, routes), then exit.
     #[arg(long)]
     pub uninstall: bool,
@@ -41,11 +47,29 @@ pub fn run(store_flag: Option<&str>, args: NodeArgs) -> Result<(), CliError> {
     }
     let store: Arc<dyn netmod_store::Store> = crate::open(store_flag)?.into();
     let config = NodeConfig {
-        hostname: args.hostname.expect("required by clap"),
+        hostname: match args.hostname {
+            Some(h) => h,
+            None => kernel_hostname()?,
+        },
         host_ip: args.host_ip.expect("required by clap"),
+        host_ipv6: args.host_ipv6.map(IpAddr::V6),
         metrics_addr: args.metrics_addr,
         lease_ttl: Duration::from_secs(args.lease_ttl),
         resync_interval: Duration::from_secs(args.resync_interval),
+        stale_record_grace: Duration::from_secs(args.stale_record_grace),
     };
     Ok(node::run(store, config)?)
+}
+
+/// The kernel's host name (`uname -n`): the default on every door.
+pub fn kernel_hostname() -> Result<String, CliError> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_err(|e| CliError::Other(format!("reading the host name: {e}")))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(CliError::Other(
+            "the kernel has no host name: pass --hostname".into(),
+        ));
+    }
+    Ok(name.to_string())
 }

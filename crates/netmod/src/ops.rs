@@ -1,15 +1,33 @@
-//! Operator commands: pools and address usage.
+//! Operator commands: pools, address usage, reservations, and the IPAM check.
 
 use crate::output::{self, Format};
 use crate::CliError;
 use ipnet::IpNet;
-use netmod_ipam::Ipam;
+use netmod_core::check::{self, CheckOptions};
+use netmod_ipam::{Forbidden, Ipam, PoolAdded};
+use netmod_model::AllocAttrs;
 use netmod_store::Store;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+const POOL_ADD_HELP: &str = "Add an address pool.
+
+A pool may not overlap another pool, the loopback, link-local, multicast,
+unspecified or broadcast ranges, or this host's own networks: its addresses
+and the routes of its main table (read from the kernel of the namespace
+netmod runs in). Two kinds of route do not count: netmod's own (to other
+hosts' blocks and to containers), and a route to exactly the pool through a
+gateway (the pool routed into the cluster). Each refusal names the conflict
+and changes nothing.
+
+Adding a pool that exists with the same block size and quarantine prints
+\"pool CIDR already exists, unchanged\" and exits 0; the same range with
+other settings is an error (remove it first).";
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PoolCmd {
-    /// Add an address pool.
+    /// Add an address pool (refused when it overlaps another pool, a reserved range or this host's networks).
+    #[command(long_about = POOL_ADD_HELP)]
     Add {
         /// The pool's range, e.g. 192.168.0.0/16 or fd00:10::/48.
         cidr: IpNet,
@@ -32,10 +50,65 @@ pub enum PoolCmd {
     },
 }
 
+impl PoolCmd {
+    /// Whether the command may create the store (only `pool add`).
+    pub fn creates_store(&self) -> bool {
+        matches!(self, PoolCmd::Add { .. })
+    }
+}
+
+const CHECK_HELP: &str =
+    "Check that allocations, endpoint records and this host's interfaces agree.
+
+Reports (as `calicoctl ipam check` does):
+  leaked-allocation    a handle that no endpoint record uses, older than --grace
+  record-without-link  an endpoint record of this host whose interface is gone
+  link-without-record  an interface of netmod's (nmv...) that no record names
+  link-of-another-host an interface here that another host's record names (wrong --hostname?)
+  ipam-inconsistent    blocks and handles that disagree
+  unreadable           a record this netmod cannot read (never repaired)
+
+With --repair: releases leaked allocations, deletes records whose interface is
+gone (with their address and netgroup index keys, releasing their handle) and
+removes orphan interfaces, each only if it is still so after a short pause.
+Interfaces are those of the network namespace netmod runs in.";
+
 #[derive(Debug, clap::Subcommand)]
 pub enum IpamCmd {
     /// Used, free and quarantined addresses per pool, block and host.
     Show,
+    /// Reserve these addresses for a handle: all or none. Quarantined addresses are refused unless --ignore-quarantine.
+    Reserve {
+        /// The allocation handle that will hold them (e.g. a Mesos uid).
+        #[arg(long)]
+        handle: String,
+        /// An address to reserve (repeatable).
+        #[arg(long, required = true)]
+        ip: Vec<IpAddr>,
+        /// The host the addresses are for, recorded with the allocation.
+        #[arg(long, env = "NETMOD_HOSTNAME")]
+        hostname: Option<String>,
+        /// Also reserve addresses still in quarantine (released too recently for every host to have forgotten them). For operators who know the old holder is gone everywhere; the Mesos and CNI doors never do this.
+        #[arg(long)]
+        ignore_quarantine: bool,
+    },
+    /// Find leaked allocations, records without interfaces and orphan interfaces; exit status 0 when clean, 3 when problems were found, 1 on an error.
+    #[command(
+        long_about = CHECK_HELP,
+        after_help = "Exit status: 0 when everything agrees, 3 when problems were found (repaired or \
+not), 1 on an error (an unreadable datastore, no access to the kernel)."
+    )]
+    Check {
+        /// This host's name: its endpoint records are checked against the interfaces here (default: $NETMOD_HOSTNAME, else the kernel's host name).
+        #[arg(long, env = "NETMOD_HOSTNAME")]
+        hostname: Option<String>,
+        /// Seconds an allocation may go without an endpoint record before it counts as leaked (a task between allocate and isolate has none yet).
+        #[arg(long, default_value_t = check::DEFAULT_GRACE.as_secs())]
+        grace: u64,
+        /// Put right what was found (see above).
+        #[arg(long)]
+        repair: bool,
+    },
     /// Release addresses by handle or by address ("nothing was held" is not an error either way).
     Release {
         /// The allocation handle: the Mesos uid or the CNI container id.
@@ -55,13 +128,27 @@ pub fn pool(store: &dyn Store, cmd: PoolCmd, fmt: Format) -> Result<(), CliError
             block_size,
             quarantine,
         } => {
-            let pool = ipam.add_pool(cidr, block_size, quarantine)?;
+            let forbidden = host_networks(&cidr)?;
+            let (pool, added) = ipam.add_pool_checked(cidr, block_size, quarantine, &forbidden)?;
             match fmt {
-                Format::Json => output::json(&pool),
-                Format::Table => println!(
-                    "pool {} added (blocks /{}, quarantine {} s)",
-                    pool.cidr, pool.block_prefix, pool.quarantine_secs
-                ),
+                Format::Json => {
+                    let mut v = serde_json::to_value(&pool).expect("plain data serialises");
+                    v["status"] = match added {
+                        PoolAdded::Added => "added",
+                        PoolAdded::Unchanged => "unchanged",
+                    }
+                    .into();
+                    output::json(&v)
+                }
+                Format::Table => match added {
+                    PoolAdded::Added => println!(
+                        "pool {} added (blocks /{}, quarantine {} s)",
+                        pool.cidr, pool.block_prefix, pool.quarantine_secs
+                    ),
+                    PoolAdded::Unchanged => {
+                        println!("pool {} already exists, unchanged", pool.cidr)
+                    }
+                },
             }
         }
         PoolCmd::List => {
@@ -109,14 +196,18 @@ pub fn pool(store: &dyn Store, cmd: PoolCmd, fmt: Format) -> Result<(), CliError
     Ok(())
 }
 
-pub fn ipam(store: &dyn Store, cmd: IpamCmd, fmt: Format) -> Result<(), CliError> {
+/// Run an `ipam` command; false when `ipam check` found problems.
+pub fn ipam(store: &dyn Store, cmd: IpamCmd, fmt: Format) -> Result<bool, CliError> {
     let ipam = Ipam::new(store);
     match cmd {
         IpamCmd::Show => {
             let usage = ipam.usage()?;
+            for bad in &usage.unreadable {
+                eprintln!("netmod: warning: skipped a record this netmod cannot read: {bad}");
+            }
             if fmt == Format::Json {
                 output::json(&usage);
-                return Ok(());
+                return Ok(true);
             }
             output::table(
                 &["POOL", "USED", "QUARANTINED", "FREE"],
@@ -185,6 +276,296 @@ pub fn ipam(store: &dyn Store, cmd: IpamCmd, fmt: Format) -> Result<(), CliError
                 }
             }
         }
+        IpamCmd::Reserve {
+            handle,
+            ip,
+            hostname,
+            ignore_quarantine,
+        } => {
+            let attrs = AllocAttrs {
+                host: match hostname {
+                    Some(h) => h,
+                    None => crate::node::kernel_hostname()?,
+                },
+                ..Default::default()
+            };
+            ipam.reserve_with(&handle, &attrs, &ip, ignore_quarantine)?;
+            match fmt {
+                Format::Json => {
+                    output::json(&serde_json::json!({ "handle": handle, "reserved": ip }))
+                }
+                Format::Table => {
+                    for a in &ip {
+                        println!("reserved {a} for {handle}");
+                    }
+                }
+            }
+        }
+        IpamCmd::Check {
+            hostname,
+            grace,
+            repair,
+        } => {
+            let mut opts = CheckOptions::new(match hostname {
+                Some(h) => h,
+                None => crate::node::kernel_hostname()?,
+            });
+            opts.grace = Duration::from_secs(grace);
+            opts.repair = repair;
+            let report = check::check(store, &opts)?;
+            print_check(&report, fmt);
+            return Ok(report.clean());
+        }
     }
-    Ok(())
+    Ok(true)
+}
+
+fn print_check(report: &check::Report, fmt: Format) {
+    if fmt == Format::Json {
+        output::json(report);
+        return;
+    }
+    if !report.problems.is_empty() {
+        let mut header = vec!["PROBLEM", "SUBJECT", "DETAIL"];
+        if report.repair {
+            header.push("REPAIR");
+        }
+        output::table(
+            &header,
+            &report
+                .problems
+                .iter()
+                .map(|p| {
+                    let mut row = vec![
+                        p.kind.as_str().to_string(),
+                        p.subject.clone(),
+                        p.detail.clone(),
+                    ];
+                    if report.repair {
+                        row.push(p.action.clone().unwrap_or_else(|| "-".into()));
+                    }
+                    row
+                })
+                .collect::<Vec<_>>(),
+        );
+        println!();
+    }
+    let summary = format!(
+        "checked {} allocation(s), {} endpoint record(s) ({} on {}), {} interface(s)",
+        report.allocations, report.endpoints, report.local_endpoints, report.hostname, report.links
+    );
+    if report.problems.is_empty() {
+        println!("{summary}: no problems");
+    } else {
+        let repaired = report.problems.iter().filter(|p| p.repaired).count();
+        println!(
+            "{summary}: {} problem(s){}",
+            report.problems.len(),
+            if report.repair {
+                format!(", {repaired} repaired")
+            } else {
+                " (netmod ipam check --repair puts them right)".into()
+            }
+        );
+    }
+}
+
+/// This host's networks a pool must not overlap: its addresses and the
+/// routes of its main table, from the kernel of the namespace we run in.
+/// Left out: netmod's own routes and interfaces, default routes, and a route
+/// to exactly `pool` through a gateway (the pool routed into the cluster).
+pub(crate) fn host_networks(pool: &IpNet) -> Result<Vec<Forbidden>, CliError> {
+    let kernel = |what: &str, e: &dyn std::fmt::Display| {
+        CliError::Other(format!(
+            "cannot read this host's {what} to check the pool against them: {e}"
+        ))
+    };
+    let ours: Vec<IpNet> = netmod_dataplane::list_routes()
+        .map_err(|e| kernel("routes", &e))?
+        .into_iter()
+        .map(|r| r.dst)
+        .collect();
+    let mut out = Vec::new();
+    for (dev, addr) in hostnet::addresses().map_err(|e| kernel("addresses", &e))? {
+        if netmod_model::is_host_iface_name(&dev) {
+            continue;
+        }
+        out.push(Forbidden {
+            net: IpNet::from(addr),
+            what: format!("this host's address {addr} on {dev}"),
+        });
+    }
+    for r in hostnet::routes().map_err(|e| kernel("routes", &e))? {
+        let ours = ours.contains(&r.dst)
+            || r.dev
+                .as_deref()
+                .is_some_and(netmod_model::is_host_iface_name);
+        let into_cluster = r.dst == *pool && r.via.is_some();
+        if r.dst.prefix_len() == 0 || r.reject || ours || into_cluster {
+            continue;
+        }
+        let mut what = format!("this host's route {}", r.dst);
+        match (&r.via, &r.dev) {
+            (Some(via), Some(dev)) => what.push_str(&format!(" via {via} dev {dev}")),
+            (Some(via), None) => what.push_str(&format!(" via {via}")),
+            (None, Some(dev)) => what.push_str(&format!(" via {dev}")),
+            (None, None) => {}
+        }
+        out.push(Forbidden { net: r.dst, what });
+    }
+    Ok(out)
+}
+
+/// The host's addresses and routes, read from the kernel without netlink
+/// writes: `getifaddrs(3)` and `/proc/net/{route,ipv6_route}` (both of the
+/// calling process's network namespace).
+mod hostnet {
+    use super::*;
+    use std::ffi::CStr;
+
+    pub struct Route {
+        pub dst: IpNet,
+        pub via: Option<IpAddr>,
+        pub dev: Option<String>,
+        /// An unreachable/prohibit route: no traffic goes anywhere.
+        pub reject: bool,
+    }
+
+    const RTF_GATEWAY: u32 = 0x2;
+    const RTF_REJECT: u32 = 0x200;
+
+    /// (interface, address) of every address of every interface.
+    pub fn addresses() -> std::io::Result<Vec<(String, IpAddr)>> {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        // SAFETY: getifaddrs fills `head` with a list we own until
+        // freeifaddrs, called below on every path once the list exists.
+        if unsafe { libc::getifaddrs(&mut head) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        let mut cur = head;
+        while !cur.is_null() {
+            // SAFETY: `cur` is a node of the list getifaddrs returned, alive
+            // until freeifaddrs.
+            let ifa = unsafe { &*cur };
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+                continue;
+            }
+            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+            let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+                .to_string_lossy()
+                .into_owned();
+            // SAFETY: ifa_addr is non-null and points at a sockaddr whose
+            // family field is always valid; the family-specific struct is
+            // read only when the family says that is what it is.
+            let addr = unsafe {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
+                    }
+                    _ => continue,
+                }
+            };
+            out.push((name, addr));
+        }
+        // SAFETY: `head` came from getifaddrs and is freed exactly once.
+        unsafe { libc::freeifaddrs(head) };
+        Ok(out)
+    }
+
+    pub fn routes() -> std::io::Result<Vec<Route>> {
+        let mut out = parse_route(&std::fs::read_to_string("/proc/net/route")?);
+        // A kernel without IPv6 has no ipv6_route.
+        if let Ok(v6) = std::fs::read_to_string("/proc/net/ipv6_route") {
+            out.extend(parse_ipv6_route(&v6));
+        }
+        Ok(out)
+    }
+
+    /// `/proc/net/route`: the IPv4 main table. Addresses are the raw
+    /// network-order bytes printed as a native-endian hex number.
+    pub fn parse_route(text: &str) -> Vec<Route> {
+        let v4 = |hex: &str| {
+            u32::from_str_radix(hex, 16)
+                .ok()
+                .map(|n| Ipv4Addr::from(n.to_ne_bytes()))
+        };
+        text.lines()
+            .skip(1)
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 8 {
+                    return None;
+                }
+                let (dst, gw, mask) = (v4(f[1])?, v4(f[2])?, v4(f[7])?);
+                let flags = u32::from_str_radix(f[3], 16).ok()?;
+                let prefix = u32::from(mask).count_ones() as u8;
+                Some(Route {
+                    dst: IpNet::new(IpAddr::V4(dst), prefix).ok()?.trunc(),
+                    via: (flags & RTF_GATEWAY != 0).then_some(IpAddr::V4(gw)),
+                    dev: (f[0] != "*").then(|| f[0].to_string()),
+                    reject: flags & RTF_REJECT != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// `/proc/net/ipv6_route`: dst, dst prefix, src, src prefix, next hop,
+    /// metric, refcount, use, flags, device.
+    pub fn parse_ipv6_route(text: &str) -> Vec<Route> {
+        let v6 = |hex: &str| u128::from_str_radix(hex, 16).ok().map(Ipv6Addr::from);
+        text.lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 10 {
+                    return None;
+                }
+                let prefix = u8::from_str_radix(f[1], 16).ok()?;
+                let flags = u32::from_str_radix(f[8], 16).ok()?;
+                Some(Route {
+                    dst: IpNet::new(IpAddr::V6(v6(f[0])?), prefix).ok()?.trunc(),
+                    via: (flags & RTF_GATEWAY != 0).then_some(IpAddr::V6(v6(f[4])?)),
+                    dev: Some(f[9].to_string()),
+                    reject: flags & RTF_REJECT != 0,
+                })
+            })
+            .collect()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn proc_route_tables_parse() {
+            let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
+eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+v0\t00004E0A\t01014D0A\t0003\t0\t0\t0\t0000FFFF\t0\t0\t0
+";
+            let r = parse_route(v4);
+            assert_eq!(r.len(), 3);
+            assert_eq!(r[0].dst.to_string(), "0.0.0.0/0");
+            assert_eq!(r[1].dst.to_string(), "192.0.2.0/24");
+            assert_eq!(r[1].via, None);
+            assert_eq!(r[1].dev.as_deref(), Some("eth0"));
+            assert_eq!(r[2].dst.to_string(), "10.78.0.0/16");
+            assert_eq!(r[2].via, Some("10.77.1.1".parse().unwrap()));
+            let v6 = "fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000001 00000000 00000003     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+";
+            let r = parse_ipv6_route(v6);
+            assert_eq!(r[0].dst.to_string(), "fd00::/64");
+            assert_eq!(r[0].via, None);
+            assert_eq!(r[1].via, Some("fd00::1".parse().unwrap()));
+            assert!(r[2].reject);
+        }
+    }
 }

@@ -15,9 +15,7 @@ fn conf(version: &str, extra: Value) -> Value {
 
 #[test]
 fn version_and_bad_input_get_cni_errors_and_change_nothing() {
-    if !have_requirements() {
-        return;
-    }
+    require_lab();
     let f = Fabric::new(1, "10.131.0.0/16");
     let sandbox = f.sandbox("h1");
     let netns = format!("/proc/{}/ns/net", sandbox.id());
@@ -175,9 +173,7 @@ fn raw(f: &Fabric, env: &[(&str, &str)], body: &str) -> (i32, Value) {
 /// mount, NetworkInfo injected into args, cniVersion 0.2.0, then DEL.
 #[test]
 fn mesos_calling_convention() {
-    if !have_requirements() {
-        return;
-    }
+    require_lab();
     let f = Fabric::new(1, "10.132.0.0/16");
     let dir = tempfile::tempdir().unwrap();
     let mut pids = Vec::new();
@@ -254,9 +250,7 @@ fn mesos_calling_convention() {
 
 #[test]
 fn add_twice_del_twice_del_without_add_check_and_gc() {
-    if !have_requirements() {
-        return;
-    }
+    require_lab();
     let f = Fabric::new(1, "10.133.0.0/16");
     let sb = f.sandbox("h1");
     let netns = format!("/proc/{}/ns/net", sb.id());

@@ -10,13 +10,14 @@ use common::lab::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// Root, the namespace tools and etcd: fails under CI when missing.
-fn requirements() -> bool {
-    have_requirements()
-        && common::require(
-            std::path::Path::new(ETCD).exists(),
-            "/usr/bin/etcd (apt-get install etcd-server)",
-        )
+/// Root, the namespace tools and etcd: the test fails when one is missing.
+fn requirements() {
+    require_lab();
+    common::require(
+        std::path::Path::new(ETCD).exists(),
+        "/usr/bin/etcd (Debian package etcd-server)",
+    );
+    common::require_tools(&[("setpriv", "util-linux")]);
 }
 
 fn etcd_fabric(n: usize, pool: &str, lease_ttl: u64, resync_interval: u64) -> Fabric {
@@ -27,6 +28,7 @@ fn etcd_fabric(n: usize, pool: &str, lease_ttl: u64, resync_interval: u64) -> Fa
             backend: Backend::Etcd,
             lease_ttl,
             resync_interval,
+            ..FabricOptions::default()
         },
     )
 }
@@ -38,19 +40,6 @@ fn logs(f: &Fabric) -> String {
         .map(|h| format!("--- node {} ---\n{}", h.name, f.node_log(&h.name)))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if ok() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 /// A value from the fabric etcd's own /metrics.
@@ -84,9 +73,7 @@ fn expected(from: &str, to: &str) -> bool {
 
 #[test]
 fn isolated_scenario_across_three_hosts_on_etcd() {
-    if !requirements() {
-        return;
-    }
+    requirements();
     let mut f = etcd_fabric(3, "10.141.0.0/16", 3, 5);
     // Spread so that every netgroup spans hosts.
     f.launch("h1", "a", &["star-1"]);
@@ -264,9 +251,7 @@ fn cni_add_is_refused(f: &Fabric, host: &str, endpoint: &str) {
 
 #[test]
 fn etcd_down_keeps_the_dataplane_fails_new_work_cleanly_and_nodes_resync() {
-    if !requirements() {
-        return;
-    }
+    requirements();
     // No periodic resync: recovery must come from the nodes noticing.
     let mut f = etcd_fabric(2, "10.142.0.0/16", 3, 600);
     f.launch("h1", "a", &["star-1"]);
@@ -362,9 +347,7 @@ fn etcd_down_keeps_the_dataplane_fails_new_work_cleanly_and_nodes_resync() {
 
 #[test]
 fn a_dead_host_is_withdrawn_within_the_lease_plus_one_second() {
-    if !requirements() {
-        return;
-    }
+    requirements();
     let lease = 3;
     let mut f = etcd_fabric(3, "10.143.0.0/16", lease, 600);
     f.launch("h1", "a", &["star-1"]);
@@ -429,9 +412,7 @@ fn a_dead_host_is_withdrawn_within_the_lease_plus_one_second() {
 
 #[test]
 fn a_host_cut_off_from_etcd_keeps_its_dataplane_refuses_work_and_converges() {
-    if !requirements() {
-        return;
-    }
+    requirements();
     let mut f = etcd_fabric(2, "10.144.0.0/16", 3, 600);
     f.launch("h1", "a", &["star-1"]);
     f.launch("h1", "a2", &["star-1"]);
@@ -535,9 +516,7 @@ fn a_host_cut_off_from_etcd_keeps_its_dataplane_refuses_work_and_converges() {
 
 #[test]
 fn compaction_behind_a_nodes_back_is_noticed_and_resynced() {
-    if !requirements() {
-        return;
-    }
+    requirements();
     // Long lease and no periodic resync: only the compaction path can
     // bring h2 up to date.
     let mut f = etcd_fabric(2, "10.145.0.0/16", 30, 600);

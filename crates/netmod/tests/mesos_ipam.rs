@@ -245,13 +245,18 @@ fn kill_nine_never_leaves_the_store_half_written() {
     for h in ipam.handles().unwrap() {
         assert_eq!(h.addrs.len(), 48, "handle {} is all or nothing", h.handle);
     }
-    let conn_ok = std::process::Command::new("sqlite3")
+    common::require_tools(&[("sqlite3", "sqlite3")]);
+    let out = std::process::Command::new("sqlite3")
         .arg(s.path())
         .arg("PRAGMA integrity_check;")
-        .output();
-    if let Ok(out) = conn_ok {
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
-    }
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sqlite3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
     // And the store still works afterwards.
     assert_eq!(s.mesos(&allocate("host-0", "after", 1, 0)).0, 0);
 }

@@ -163,17 +163,23 @@ fn addr_of(f: &Fabric, container_id: &str) -> String {
 
 #[test]
 fn podman_containers_on_netmod_networks() {
-    let tools = ["podman", "runc", "busybox"]
-        .iter()
-        .all(|t| sh(&format!("command -v {t}")).status.success());
-    if !have_requirements()
-        || !common::require(
-            tools && Path::new("/usr/lib/cni/bridge").exists(),
-            "podman, runc, busybox, containernetworking-plugins",
-        )
-    {
-        return;
-    }
+    require_lab();
+    common::require_tools(&[
+        ("podman", "podman"),
+        ("runc", "runc"),
+        ("busybox", "busybox-static"),
+        ("mount", "mount"),
+    ]);
+    common::require(
+        Path::new("/bin/busybox").exists(),
+        "/bin/busybox (Debian package busybox-static)",
+    );
+    common::require(
+        ["bridge", "host-local", "loopback"]
+            .iter()
+            .all(|p| Path::new("/usr/lib/cni").join(p).exists()),
+        "the CNI plugins bridge, host-local and loopback in /usr/lib/cni (Debian package containernetworking-plugins)",
+    );
     let f = Fabric::new(1, "10.160.0.0/16");
     let pm = Podman::new(&f);
     let ids: Vec<(String, String)> = [

@@ -47,6 +47,10 @@ fn matches(m: &Match, pkt: &Packet, rs: &Ruleset) -> bool {
         Match::OifPrefix(p) => pkt.oif.starts_with(p.as_str()),
         // A new connection; replies are accepted by the kernel's conntrack.
         Match::CtEstablishedOrRelated => false,
+        // The first packet of a new connection is tracked, never invalid.
+        Match::CtInvalid => false,
+        // Explained packets are connections (TCP, UDP), not ICMP messages.
+        Match::IcmpType { .. } => false,
         // The packets explained carry their sender's own address.
         Match::SourceNotRoutedViaIif => false,
         Match::SaddrIn { set, family } => in_set(set, *family, &pkt.saddr),

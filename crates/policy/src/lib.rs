@@ -11,7 +11,10 @@ mod explain;
 mod ruleset;
 
 pub use explain::{explain, Decision, Hop, Packet};
-pub use ruleset::{diff, group_rule, group_set_name, ruleset, BaseSets, CHAIN_NETGROUPS};
+pub use ruleset::{
+    diff, group_rule, group_set_name, has_stale_sets, ruleset, validate_netgroup, BaseSets,
+    CHAIN_NETGROUPS, ICMP_TYPES_NEVER_TO_HOST, NETGROUP_MAX_LEN,
+};
 
 #[cfg(test)]
 mod tests;

@@ -19,23 +19,42 @@ impl BaseSets {
     }
 }
 
-/// The set holding a netgroup's members (on every host). Set names must be
-/// plain nft identifiers, so other characters are replaced, and a short hash
-/// of the real name keeps the mapping one-to-one.
-pub fn group_set_name(group: &str, f: Family) -> String {
-    let plain: String = group
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    if plain == group {
-        format!("g_{group}_{}", f.suffix())
+/// The longest netgroup name: its set name (at most three bytes per
+/// character, see [`group_set_name`]) must fit nf_tables' 255-byte names.
+pub const NETGROUP_MAX_LEN: usize = 64;
+
+/// Refuse, at the door, a netgroup name the kernel objects cannot carry.
+pub fn validate_netgroup(g: &str) -> Result<(), String> {
+    let ok = !g.is_empty()
+        && g.len() <= NETGROUP_MAX_LEN
+        && g.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
     } else {
-        let mut h: u32 = 0x811c9dc5;
-        for b in group.bytes() {
-            h = (h ^ b as u32).wrapping_mul(0x01000193);
-        }
-        format!("g_{plain}_{:04x}_{}", h & 0xffff, f.suffix())
+        Err(format!(
+            "netgroup {g:?} must be 1 to {NETGROUP_MAX_LEN} letters, digits, '-', '_' or '.'"
+        ))
     }
+}
+
+/// The set holding a netgroup's members (on every host). One-to-one: ASCII
+/// letters and digits stay as they are and every other byte, `_` included,
+/// becomes `_` and two hex digits, so no two names share a set (`star-1` is
+/// `g_star_2d1_v4`, `star_2d1` is `g_star_5f2d1_v4`).
+pub fn group_set_name(group: &str, f: Family) -> String {
+    let mut name = String::with_capacity(group.len() * 3 + 5);
+    name.push_str("g_");
+    for b in group.bytes() {
+        if b.is_ascii_alphanumeric() {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("_{b:02x}"));
+        }
+    }
+    name.push('_');
+    name.push_str(f.suffix());
+    name
 }
 
 fn rule(matches: Vec<Match>, verdict: Verdict, comment: &str) -> Rule {
@@ -66,18 +85,19 @@ fn base_chains() -> Vec<ChainDef> {
     let ep = HOST_IFACE_PREFIX.to_string();
     let per_family =
         |make: &dyn Fn(Family) -> Rule| Family::BOTH.iter().map(|f| make(*f)).collect::<Vec<_>>();
-    // Packets of established flows leave first: the reverse-path lookup then
-    // runs once per new connection, not once per packet.
+    // The source check comes before any accept: a forged packet must never
+    // ride on someone else's established flow.
     let mut from = vec![
+        anti_spoofing(),
+        rule(
+            vec![Match::CtInvalid],
+            Verdict::Drop,
+            "not part of any tracked connection",
+        ),
         rule(
             vec![Match::CtEstablishedOrRelated],
             Verdict::Accept,
             "replies of allowed connections",
-        ),
-        rule(
-            vec![Match::SourceNotRoutedViaIif],
-            Verdict::Drop,
-            "anti-spoofing: an endpoint sends only from its own addresses",
         ),
     ];
     from.extend(per_family(&|f| {
@@ -95,11 +115,18 @@ fn base_chains() -> Vec<ChainDef> {
         Verdict::Drop,
         "host profile: no netgroup, reaches only its own host",
     ));
-    let mut to = vec![rule(
-        vec![Match::CtEstablishedOrRelated],
-        Verdict::Accept,
-        "replies of allowed connections",
-    )];
+    let mut to = vec![
+        rule(
+            vec![Match::CtInvalid],
+            Verdict::Drop,
+            "not part of any tracked connection",
+        ),
+        rule(
+            vec![Match::CtEstablishedOrRelated],
+            Verdict::Accept,
+            "replies of allowed connections",
+        ),
+    ];
     to.extend(per_family(&|f| {
         rule(
             vec![Match::DaddrIn {
@@ -131,11 +158,29 @@ fn base_chains() -> Vec<ChainDef> {
                     "outbound checks of local endpoints",
                 ),
                 rule(
-                    vec![Match::OifPrefix(ep)],
+                    vec![Match::OifPrefix(ep.clone())],
                     Verdict::Jump(CHAIN_TO_ENDPOINT.into()),
                     "inbound checks of local endpoints",
                 ),
             ],
+        },
+        ChainDef {
+            name: CHAIN_INPUT.into(),
+            hook: Some(BaseHook {
+                kind: HookKind::Input,
+                priority: 0,
+                accept_by_default: true,
+            }),
+            rules: vec![rule(
+                vec![Match::IifPrefix(ep)],
+                Verdict::Jump(CHAIN_ENDPOINT_TO_HOST.into()),
+                "checks of local endpoints' packets to their host",
+            )],
+        },
+        ChainDef {
+            name: CHAIN_ENDPOINT_TO_HOST.into(),
+            hook: None,
+            rules: endpoint_to_host(),
         },
         ChainDef {
             name: CHAIN_FROM_ENDPOINT.into(),
@@ -153,6 +198,37 @@ fn base_chains() -> Vec<ChainDef> {
             rules: Vec::new(),
         },
     ]
+}
+
+fn anti_spoofing() -> Rule {
+    rule(
+        vec![Match::SourceNotRoutedViaIif],
+        Verdict::Drop,
+        "anti-spoofing: an endpoint sends only from its own addresses",
+    )
+}
+
+/// ICMP types an endpoint may never send its host: they would rewrite the
+/// host's routes or addresses. (Host-side interfaces also ignore them by
+/// sysctl; this keeps them from the host's stack at all.)
+pub const ICMP_TYPES_NEVER_TO_HOST: [(Family, u8, &str); 3] = [
+    (Family::V4, 5, "ICMP redirect"),
+    (Family::V6, 134, "router advertisement"),
+    (Family::V6, 137, "ICMPv6 redirect"),
+];
+
+/// Everything an endpoint sends to its own host passes, but for forged
+/// sources and messages that would reconfigure the host.
+fn endpoint_to_host() -> Vec<Rule> {
+    let mut rules = vec![anti_spoofing()];
+    for (family, icmp_type, what) in ICMP_TYPES_NEVER_TO_HOST {
+        rules.push(rule(
+            vec![Match::IcmpType { family, icmp_type }],
+            Verdict::Drop,
+            &format!("no {what} from an endpoint"),
+        ));
+    }
+    rules
 }
 
 fn add_to(sets: &mut BTreeMap<String, SetDef>, name: String, family: Family, addr: Option<IpAddr>) {
@@ -265,6 +341,13 @@ pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<Change> {
         }
     }
     changes
+}
+
+/// True when `current` holds sets that `desired` no longer wants (a netgroup
+/// left the host): removing them means removing the rules that use them, so
+/// the node installs the whole table instead of a diff.
+pub fn has_stale_sets(current: &Ruleset, desired: &Ruleset) -> bool {
+    current.sets.keys().any(|name| !desired.sets.contains_key(name))
 }
 
 fn push_element_changes(

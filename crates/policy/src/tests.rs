@@ -65,6 +65,54 @@ fn group_set_names_are_plain_and_one_to_one() {
     assert_ne!(a, b);
     assert_ne!(a, c);
     assert_ne!(b, c);
+    // The collision found on the old mapping (plain name + short hash).
+    assert_ne!(
+        group_set_name("star-1", Family::V4),
+        group_set_name("star_1_5f7f", Family::V4)
+    );
+    assert_eq!(group_set_name("star-1", Family::V6), "g_star_2d1_v6");
+}
+
+/// Injective over every name the doors accept: decoding gives the name back.
+#[test]
+fn group_set_names_decode_to_their_netgroup() {
+    fn decode(set: &str) -> String {
+        let body = set
+            .strip_prefix("g_")
+            .and_then(|s| s.strip_suffix("_v4"))
+            .unwrap();
+        let (mut out, mut bytes) = (Vec::new(), body.bytes());
+        while let Some(b) = bytes.next() {
+            if b == b'_' {
+                let hex: String = [bytes.next().unwrap(), bytes.next().unwrap()]
+                    .iter()
+                    .map(|&c| c as char)
+                    .collect();
+                out.push(u8::from_str_radix(&hex, 16).unwrap());
+            } else {
+                out.push(b);
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+    let alphabet = ["a", "Z", "0", "-", "_", "."];
+    let mut names = vec![String::new()];
+    for _ in 0..4 {
+        names = names
+            .iter()
+            .flat_map(|n| alphabet.iter().map(move |c| format!("{n}{c}")))
+            .collect();
+        for n in &names {
+            assert!(validate_netgroup(n).is_ok(), "{n}");
+            assert_eq!(&decode(&group_set_name(n, Family::V4)), n);
+        }
+    }
+    let longest = "-".repeat(NETGROUP_MAX_LEN);
+    assert!(group_set_name(&longest, Family::V6).len() <= 255);
+    assert!(validate_netgroup(&format!("{longest}x")).is_err());
+    for bad in ["", "a b", "a/b", "é", "a\0"] {
+        assert!(validate_netgroup(bad).is_err(), "{bad:?}");
+    }
 }
 
 #[test]

@@ -13,6 +13,8 @@ pub fn run_all(factory: Factory) {
     failed_txn_writes_nothing(factory());
     range_is_sorted_and_bounded(factory());
     change_feed(factory());
+    feed_returns_whole_revisions(factory());
+    feed_returns_a_huge_revision_whole(factory());
     compaction(factory());
     leases(factory());
     concurrent_increments(factory().into());
@@ -140,6 +142,124 @@ pub fn change_feed(s: Box<dyn Store>) {
     writer.join().unwrap();
     assert_eq!(woke.len(), 1);
     assert_eq!(woke[0].key(), "w/c");
+}
+
+/// Read the feed from `after` until `want` events came, checking that every
+/// answer holds whole revisions (`sizes`: revision → its number of events
+/// under the prefix) and at most `page` events unless it is one revision.
+fn read_whole(
+    s: &dyn Store,
+    prefix: &str,
+    mut after: Revision,
+    sizes: &std::collections::BTreeMap<Revision, usize>,
+    page: usize,
+) -> usize {
+    let want: usize = sizes.values().sum();
+    let mut got = 0;
+    let mut calls = 0;
+    while got < want {
+        calls += 1;
+        assert!(calls < 10_000, "the feed does not make progress");
+        let events = s.changes(prefix, after, Duration::from_secs(5)).unwrap();
+        assert!(!events.is_empty(), "events missing after revision {after}");
+        let mut in_answer = std::collections::BTreeMap::<Revision, usize>::new();
+        for e in &events {
+            assert!(e.revision() > after, "an event at or before {after}");
+            assert!(
+                e.key().starts_with(prefix),
+                "{} is outside {prefix}",
+                e.key()
+            );
+            *in_answer.entry(e.revision()).or_default() += 1;
+        }
+        for (rev, n) in &in_answer {
+            assert_eq!(
+                Some(n),
+                sizes.get(rev),
+                "revision {rev} came split or foreign: {n} of its events in one answer, {:?} written",
+                sizes.get(rev)
+            );
+        }
+        assert!(
+            events.len() <= page || in_answer.len() == 1,
+            "{} events over {} revisions in one answer, page {page}",
+            events.len(),
+            in_answer.len()
+        );
+        assert!(events
+            .windows(2)
+            .all(|w| w[0].revision() <= w[1].revision()));
+        got += events.len();
+        after = events.last().unwrap().revision();
+    }
+    assert_eq!(got, want);
+    got
+}
+
+/// A reader resuming after the last revision it got never loses the rest of
+/// a transaction: each answer holds whole revisions, however the page falls.
+pub fn feed_returns_whole_revisions(s: Box<dyn Store>) {
+    let page = 10;
+    s.set_feed_page(page);
+    let start = s.revision().unwrap();
+    let max_ops = s.max_txn_ops().min(120);
+    let mut sizes = std::collections::BTreeMap::new();
+    // Sizes around the page, a revision larger than it, and one with keys
+    // outside the prefix that the feed must leave out.
+    let plan = [
+        3, 7, 1, 12, 25, 4, 9, 10, 11, 2, max_ops, 5, 6, 19, 1, 1, 1, 8,
+    ];
+    for (t, n) in plan.iter().enumerate() {
+        let mut ops: Vec<Op> = (0..*n)
+            .map(|i| Op::put(format!("wr/{t}/{i}"), "v"))
+            .collect();
+        if t % 4 == 1 {
+            ops.truncate(max_ops - 1);
+            ops.push(Op::put(format!("other/{t}"), "v"));
+        }
+        let in_prefix = ops
+            .iter()
+            .filter(|o| matches!(o, Op::Put { key, .. } if key.starts_with("wr/")))
+            .count();
+        let out = s.txn(&[], &ops).unwrap();
+        assert!(out.succeeded);
+        sizes.insert(out.revision, in_prefix);
+    }
+    // Deletes are events too, and several in one revision stay together.
+    let dels: Vec<Op> = (0..13).map(|i| Op::delete(format!("wr/4/{i}"))).collect();
+    let out = s.txn(&[], &dels).unwrap();
+    sizes.insert(out.revision, 13);
+    read_whole(&*s, "wr/", start, &sizes, page);
+    // Resuming from the middle of the history gives the same whole revisions.
+    let mid = *sizes.keys().nth(5).unwrap();
+    let rest: std::collections::BTreeMap<_, _> = sizes
+        .iter()
+        .filter(|(r, _)| **r > mid)
+        .map(|(r, n)| (*r, *n))
+        .collect();
+    read_whole(&*s, "wr/", mid, &rest, page);
+}
+
+/// One transaction larger than the default page (20,000 events) comes in one
+/// answer, where the backend allows such a transaction (etcd: 128 ops).
+pub fn feed_returns_a_huge_revision_whole(s: Box<dyn Store>) {
+    let n = DEFAULT_FEED_PAGE + 5_000;
+    if s.max_txn_ops() < n {
+        return;
+    }
+    let start = s.revision().unwrap();
+    let before = s.txn(&[], &[Op::put("huge/first", "v")]).unwrap().revision;
+    let ops: Vec<Op> = (0..n)
+        .map(|i| Op::put(format!("huge/{i:06}"), "v"))
+        .collect();
+    let out = s.txn(&[], &ops).unwrap();
+    let after = s.txn(&[], &[Op::put("huge/last", "v")]).unwrap().revision;
+    let sizes = [(before, 1), (out.revision, n), (after, 1)]
+        .into_iter()
+        .collect();
+    read_whole(&*s, "huge/", start, &sizes, DEFAULT_FEED_PAGE);
+    let all = s.changes("huge/", before, Duration::ZERO).unwrap();
+    assert_eq!(all.len(), n, "the huge revision alone, whole");
 }
 
 pub fn compaction(s: Box<dyn Store>) {

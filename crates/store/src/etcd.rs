@@ -131,7 +131,12 @@ pub struct EtcdStore {
     current: AtomicUsize,
     /// One watch per prefix that `changes` was asked about, kept across calls.
     feeds: Mutex<HashMap<String, Arc<Mutex<Option<Feed>>>>>,
+    /// Most events per `changes` answer (whole revisions always).
+    feed_page: AtomicUsize,
 }
+
+/// etcd's default `--max-txn-ops`.
+const MAX_TXN_OPS: usize = 128;
 
 fn backend(context: String, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Backend {
@@ -183,6 +188,7 @@ impl EtcdStore {
             clients,
             current: AtomicUsize::new(0),
             feeds: Mutex::default(),
+            feed_page: AtomicUsize::new(DEFAULT_FEED_PAGE),
         })
     }
 
@@ -295,11 +301,16 @@ impl EtcdStore {
 
     fn open_feed(&self, prefix: &str, start: Revision) -> Result<Feed> {
         let key = &self.full(prefix);
-        let (stream, now) = self.run(&format!("watching {key}"), |mut c| async move {
+        let (stream, now) = self.run(&format!("watching {key}"), |c| async move {
             let options = ec::WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(start);
-            let mut stream = c.watch(key.as_str(), Some(options)).await?;
+            // A response holds whole revisions (up to 1000 of them when
+            // catching up), so it may be far larger than gRPC's default 4 MiB.
+            let mut watch = c
+                .watch_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES);
+            let mut stream = watch.watch(key.as_str(), Some(options)).await?;
             match stream.message().await? {
                 Some(r) if r.created() => Ok((stream, r.header().map_or(0, |h| h.revision()))),
                 _ => Err(ec::Error::WatchError(
@@ -503,7 +514,8 @@ impl Store for EtcdStore {
                 fresh = true;
             }
             let f = feed.as_mut().expect("a feed is open");
-            match self.rt().block_on(f.next(after, deadline)) {
+            let page = self.feed_page.load(Ordering::Relaxed);
+            match self.rt().block_on(f.next(after, deadline, page)) {
                 Ok(events) => return Ok(events),
                 Err(FeedEnd::Compacted(first_kept)) => {
                     *feed = None;
@@ -522,6 +534,14 @@ impl Store for EtcdStore {
                 }
             }
         }
+    }
+
+    fn set_feed_page(&self, events: usize) {
+        self.feed_page.store(events.max(1), Ordering::Relaxed);
+    }
+
+    fn max_txn_ops(&self) -> usize {
+        MAX_TXN_OPS
     }
 
     fn revision(&self) -> Result<Revision> {
@@ -626,8 +646,17 @@ impl Drop for Feed {
 }
 
 impl Feed {
-    /// The events after `after`, waiting until `deadline` for the first.
-    async fn next(&mut self, after: Revision, deadline: Instant) -> Result<Vec<Event>, FeedEnd> {
+    /// The events after `after`, waiting until `deadline` for the first: at
+    /// most `page` of them, or one whole revision when it alone has more.
+    /// etcd never splits a revision across watch responses (its documented
+    /// "atomic" guarantee; we never ask for fragments), so the buffer holds
+    /// whole revisions and a page cut at a revision boundary does too.
+    async fn next(
+        &mut self,
+        after: Revision,
+        deadline: Instant,
+        page: usize,
+    ) -> Result<Vec<Event>, FeedEnd> {
         self.buffer.retain(|e| e.revision() > after);
         self.from = self.from.max(after + 1);
         loop {
@@ -635,7 +664,8 @@ impl Feed {
                 self.absorb(msg, after)?;
             }
             if !self.buffer.is_empty() {
-                return Ok(self.buffer.clone());
+                let take = page_len(&self.buffer, page);
+                return Ok(self.buffer[..take].to_vec());
             }
             let until = match self.settle_until {
                 Some(settle) if settle > deadline => settle,

@@ -22,6 +22,10 @@ pub type LeaseId = i64;
 /// Where the embedded store lives unless `--store` / `NETMOD_STORE` says otherwise.
 pub const DEFAULT_STORE_PATH: &str = "/var/lib/netmod/netmod.db";
 
+/// Most events one `changes` call returns unless a single revision has more
+/// (a revision is never split across calls); see [`Store::set_feed_page`].
+pub const DEFAULT_FEED_PAGE: usize = 20_000;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {
     pub key: String,
@@ -145,8 +149,10 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("invalid store address {0:?}")]
+    #[error("invalid store address {0}")]
     BadAddress(String),
+    #[error("no datastore at {path}: {reason}")]
+    NotFound { path: String, reason: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -162,7 +168,16 @@ pub trait Store: Send + Sync {
     fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome>;
     /// Changes to keys under `prefix` after revision `after`, waiting up to `wait`
     /// for the first one. `Compacted` when `after` is older than the kept history.
+    ///
+    /// Whole revisions only: the events of one transaction are all in one
+    /// answer, so a reader that resumes after the last revision it got never
+    /// misses the rest of a transaction. An answer holds at most the feed page
+    /// ([`DEFAULT_FEED_PAGE`] events) unless its one revision alone is larger.
     fn changes(&self, prefix: &str, after: Revision, wait: Duration) -> Result<Vec<Event>>;
+    /// Set the feed page (see `changes`); tests make it small to exercise paging.
+    fn set_feed_page(&self, events: usize);
+    /// The most operations one transaction may carry (etcd's default: 128).
+    fn max_txn_ops(&self) -> usize;
     fn revision(&self) -> Result<Revision>;
     /// Drop history at or below `revision`.
     fn compact(&self, revision: Revision) -> Result<()>;
@@ -180,6 +195,57 @@ pub fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T> {
         key: kv.key.clone(),
         source,
     })
+}
+
+/// A record that could not be read (a newer version's record during an
+/// upgrade, or damage): reported and skipped, never fatal to a whole scan.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Undecodable {
+    pub key: String,
+    pub error: String,
+}
+
+impl std::fmt::Display for Undecodable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.error)
+    }
+}
+
+/// Decode every record that can be decoded, in order, each with its
+/// key-value; report the others (key and why) instead of failing the lot.
+pub fn decode_all<T: serde::de::DeserializeOwned>(
+    kvs: &[KeyValue],
+) -> (Vec<(&KeyValue, T)>, Vec<Undecodable>) {
+    let mut good = Vec::with_capacity(kvs.len());
+    let mut bad = Vec::new();
+    for kv in kvs {
+        match serde_json::from_slice(&kv.value) {
+            Ok(v) => good.push((kv, v)),
+            Err(e) => bad.push(Undecodable {
+                key: kv.key.clone(),
+                error: e.to_string(),
+            }),
+        }
+    }
+    (good, bad)
+}
+
+/// How many of `events` (ordered by revision, whole revisions only) one feed
+/// page takes: at most `page`, cut at a revision boundary, or the whole first
+/// revision when it alone has more than `page` events.
+pub(crate) fn page_len(events: &[Event], page: usize) -> usize {
+    let page = page.max(1);
+    if events.len() <= page {
+        return events.len();
+    }
+    let next = events[page].revision();
+    if events[page - 1].revision() < next {
+        return page;
+    }
+    match events.partition_point(|e| e.revision() < next) {
+        0 => events.partition_point(|e| e.revision() <= next),
+        cut => cut,
+    }
 }
 
 pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -200,22 +266,68 @@ pub enum StoreAddress {
     Etcd(EtcdAddress),
 }
 
+/// What a store address may look like, for error messages.
+const ADDRESS_FORMS: &str = "a store is a file path, sqlite://PATH, or \
+etcd://HOST:PORT[,HOST:PORT...][?prefix=P&ca=FILE&cert=FILE&key=FILE] (TLS is etcd:// with ca=)";
+
 pub fn parse_address(addr: &str) -> Result<StoreAddress> {
     if addr.starts_with("etcd://") {
-        Ok(StoreAddress::Etcd(EtcdAddress::parse(addr)?))
-    } else {
-        let path = addr.strip_prefix("sqlite://").unwrap_or(addr);
+        return Ok(StoreAddress::Etcd(EtcdAddress::parse(addr)?));
+    }
+    if let Some(path) = addr.strip_prefix("sqlite://") {
         if path.is_empty() {
-            return Err(StoreError::BadAddress(addr.to_string()));
+            return Err(StoreError::BadAddress(format!(
+                "{addr:?}: no path after sqlite://"
+            )));
         }
-        Ok(StoreAddress::Sqlite(path.into()))
+        return Ok(StoreAddress::Sqlite(path.into()));
+    }
+    if let Some((scheme, _)) = addr.split_once("://") {
+        let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        if is_scheme {
+            return Err(StoreError::BadAddress(format!(
+                "{addr:?}: unknown scheme {scheme}:// ({ADDRESS_FORMS})"
+            )));
+        }
+    }
+    if addr.is_empty() {
+        return Err(StoreError::BadAddress(format!(
+            "\"\": empty ({ADDRESS_FORMS})"
+        )));
+    }
+    Ok(StoreAddress::Sqlite(addr.into()))
+}
+
+/// Open the store an address names, creating a SQLite file that does not
+/// exist yet (for commands that write). Its directory must exist, except the
+/// default path's (`/var/lib/netmod`), which is created: a typo in `--store`
+/// is an error, never a new directory tree.
+pub fn open(addr: &str) -> Result<Box<dyn Store>> {
+    match parse_address(addr)? {
+        StoreAddress::Sqlite(path) => {
+            if path == std::path::Path::new(DEFAULT_STORE_PATH) {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend {
+                        context: format!("creating {}", dir.display()),
+                        source: Box::new(e),
+                    })?;
+                }
+            }
+            Ok(Box::new(SqliteStore::open(&path)?))
+        }
+        StoreAddress::Etcd(etcd) => Ok(Box::new(EtcdStore::open(etcd)?)),
     }
 }
 
-/// Open the store an address names.
-pub fn open(addr: &str) -> Result<Box<dyn Store>> {
+/// Open a store that must already exist (for commands that only read, or
+/// that make sense only on an existing store): never creates a file or a
+/// directory. A missing SQLite file is `NotFound`, saying how to create one.
+pub fn open_existing(addr: &str) -> Result<Box<dyn Store>> {
     match parse_address(addr)? {
-        StoreAddress::Sqlite(path) => Ok(Box::new(SqliteStore::open(&path)?)),
+        StoreAddress::Sqlite(path) => Ok(Box::new(SqliteStore::open_existing(&path)?)),
         StoreAddress::Etcd(etcd) => Ok(Box::new(EtcdStore::open(etcd)?)),
     }
 }
@@ -255,7 +367,84 @@ mod tests {
             parse_address("/tmp/x.db").unwrap(),
             StoreAddress::Sqlite("/tmp/x.db".into())
         );
+        assert_eq!(
+            parse_address("sqlite:///tmp/x.db").unwrap(),
+            StoreAddress::Sqlite("/tmp/x.db".into())
+        );
+        assert_eq!(
+            parse_address("./odd/a://b").unwrap(),
+            StoreAddress::Sqlite("./odd/a://b".into()),
+            "a path with :// inside is still a path"
+        );
         assert!(parse_address("etcd://").is_err());
         assert!(parse_address("").is_err());
+        assert!(parse_address("sqlite://").is_err());
+        for bad in [
+            "http://10.0.0.1:2379",
+            "etcds://h:2379",
+            "https://x",
+            "file:///tmp/x.db",
+        ] {
+            let err = parse_address(bad).unwrap_err().to_string();
+            assert!(err.contains("unknown scheme"), "{bad}: {err}");
+            assert!(err.contains("etcd://HOST:PORT"), "{bad}: {err}");
+        }
+    }
+
+    fn ev(key: &str, rev: Revision) -> Event {
+        Event::Delete {
+            key: key.into(),
+            revision: rev,
+        }
+    }
+
+    #[test]
+    fn a_page_ends_at_a_revision_boundary() {
+        let revs = [1, 1, 2, 2, 2, 3, 4, 4];
+        let events: Vec<Event> = revs.iter().map(|r| ev("k", *r)).collect();
+        assert_eq!(page_len(&events, 100), 8, "everything fits");
+        assert_eq!(
+            page_len(&events, 2),
+            2,
+            "the page ends where revision 1 does"
+        );
+        assert_eq!(
+            page_len(&events, 3),
+            2,
+            "revision 2 is not cut: fewer events"
+        );
+        assert_eq!(page_len(&events, 4), 2);
+        assert_eq!(page_len(&events, 5), 5);
+        assert_eq!(page_len(&events, 6), 6);
+        assert_eq!(page_len(&events, 7), 6, "revision 4 is not cut");
+        assert_eq!(
+            page_len(&events[2..], 1),
+            3,
+            "one revision larger than the page comes whole"
+        );
+        assert_eq!(page_len(&events, 0), 2, "a zero page still makes progress");
+        assert_eq!(page_len(&[], 5), 0);
+    }
+
+    #[test]
+    fn decode_all_keeps_the_good_and_names_the_bad() {
+        let kv = |key: &str, value: &str| KeyValue {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+            lease: 0,
+        };
+        let kvs = [kv("a", "1"), kv("b", "{\"v\": 2}"), kv("c", "3")];
+        let (good, bad) = decode_all::<u32>(&kvs);
+        let good: Vec<(&str, u32)> = good.iter().map(|(kv, v)| (kv.key.as_str(), *v)).collect();
+        assert_eq!(good, [("a", 1), ("c", 3)]);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].key, "b");
+        assert!(
+            bad[0].to_string().starts_with("b: invalid type"),
+            "{}",
+            bad[0]
+        );
     }
 }

@@ -8,8 +8,9 @@
 
 use crate::*;
 use rusqlite::config::DbConfig;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +21,12 @@ const HISTORY: Revision = 20_000;
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     path: PathBuf,
+    feed_page: AtomicUsize,
 }
+
+/// Operations one transaction may carry: a change's id holds its position
+/// in the transaction in 16 bits.
+const MAX_TXN_OPS: usize = 0xffff;
 
 fn backend(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StoreError {
     let context = context.into();
@@ -50,19 +56,79 @@ fn prefix_end(prefix: &str) -> Option<String> {
 }
 
 impl SqliteStore {
+    /// Open the store at `path`, creating the file (never its directory).
     pub fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend {
-                    context: format!("creating {}", dir.display()),
-                    source: Box::new(e),
-                })?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                return Err(StoreError::NotFound {
+                    path: path.display().to_string(),
+                    reason: format!(
+                        "the directory {} does not exist (netmod creates the datastore file, never its directory)",
+                        dir.display()
+                    ),
+                });
             }
         }
+        Self::open_with(path, true)
+    }
+
+    /// Open the store at `path`, which must exist: creates nothing.
+    pub fn open_existing(path: &Path) -> Result<Self> {
+        let missing = |reason: &str| {
+            StoreError::NotFound {
+            path: path.display().to_string(),
+            reason: format!(
+                "{reason} (create one with `netmod pool add CIDR`, or name another with --store or NETMOD_STORE)"
+            ),
+        }
+        };
+        if !path.is_file() {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            return Err(missing(&match dir {
+                _ if path.exists() => "it is not a file".to_string(),
+                Some(dir) if !dir.is_dir() => format!(
+                    "the file does not exist, nor does its directory {}",
+                    dir.display()
+                ),
+                _ => "the file does not exist".to_string(),
+            }));
+        }
+        match Self::open_with(path, false) {
+            Err(StoreError::NotFound { .. }) => Err(missing("the file is not a netmod datastore")),
+            other => other,
+        }
+    }
+
+    fn open_with(path: &Path, create: bool) -> Result<Self> {
         let what = format!("opening {}", path.display());
-        let mut conn = Connection::open(path).map_err(backend(what.clone()))?;
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let mut conn = Connection::open_with_flags(path, flags).map_err(backend(what.clone()))?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(backend(what.clone()))?;
+        // Before any pragma that writes: a file that is not ours stays as it is.
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(backend(what.clone()))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                path: path.display().to_string(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found == 0 && !create {
+            // An existing store always has a schema version; this file is
+            // someone else's (or empty), and opening must not change it.
+            return Err(StoreError::NotFound {
+                path: path.display().to_string(),
+                reason: "the file is not a netmod datastore".into(),
+            });
+        }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(backend(what.clone()))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -76,16 +142,6 @@ impl SqliteStore {
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .map_err(backend(what.clone()))?;
         conn.set_prepared_statement_cache_capacity(64);
-        let found: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(backend(what.clone()))?;
-        if found > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew {
-                path: path.display().to_string(),
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
         if found < SCHEMA_VERSION {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -115,6 +171,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
+            feed_page: AtomicUsize::new(DEFAULT_FEED_PAGE),
         })
     }
 
@@ -214,7 +271,7 @@ fn record_change(
     lease: LeaseId,
 ) -> Result<()> {
     *seq += 1;
-    if *seq > 0xffff {
+    if *seq > MAX_TXN_OPS as i64 {
         return Err(StoreError::Backend {
             context: "recording a change".into(),
             source: "more than 65535 operations in one transaction".into(),
@@ -348,46 +405,16 @@ impl Store for SqliteStore {
     fn changes(&self, prefix: &str, after: Revision, wait: Duration) -> Result<Vec<Event>> {
         let deadline = Instant::now() + wait;
         let end = prefix_end(prefix).unwrap_or_else(|| "\u{7f}".repeat(4));
+        let page = self.feed_page.load(Ordering::Relaxed).max(1);
         loop {
             self.sweep_expired_leases()?;
             {
-                let conn = self.lock();
-                let compacted: Revision = conn
-                    .prepare_cached("SELECT value FROM meta WHERE name = 'compacted'")
-                    .and_then(|mut s| s.query_row([], |r| r.get(0)))
-                    .map_err(backend("reading history"))?;
-                if after < compacted {
-                    return Err(StoreError::Compacted {
-                        requested: after,
-                        compacted,
-                    });
-                }
-                let mut stmt = conn
-                    .prepare_cached(
-                        "SELECT id >> 16, key, value, create_rev, lease FROM changes
-                         WHERE id >= ?1 AND key >= ?2 AND key < ?3 ORDER BY id LIMIT 20000",
-                    )
-                    .map_err(backend("reading changes"))?;
-                let rows = stmt
-                    .query_map(params![(after + 1) << 16, prefix, end], |r| {
-                        let rev: Revision = r.get(0)?;
-                        let key: String = r.get(1)?;
-                        let value: Option<Vec<u8>> = r.get(2)?;
-                        Ok(match value {
-                            Some(value) => Event::Put(KeyValue {
-                                key,
-                                value,
-                                create_revision: r.get(3)?,
-                                mod_revision: rev,
-                                lease: r.get(4)?,
-                            }),
-                            None => Event::Delete { key, revision: rev },
-                        })
-                    })
-                    .map_err(backend("reading changes"))?;
-                let events: Vec<Event> = rows
-                    .collect::<Result<_, _>>()
-                    .map_err(backend("reading changes"))?;
+                let mut conn = self.lock();
+                // One read snapshot: history, the page and the rest of its
+                // last revision agree.
+                let tx = conn.transaction().map_err(backend("reading changes"))?;
+                let events = read_changes(&tx, prefix, &end, after, page)?;
+                tx.commit().map_err(backend("reading changes"))?;
                 if !events.is_empty() {
                     return Ok(events);
                 }
@@ -397,6 +424,14 @@ impl Store for SqliteStore {
             }
             std::thread::sleep(Duration::from_millis(10).min(wait));
         }
+    }
+
+    fn set_feed_page(&self, events: usize) {
+        self.feed_page.store(events.max(1), Ordering::Relaxed);
+    }
+
+    fn max_txn_ops(&self) -> usize {
+        MAX_TXN_OPS
     }
 
     fn revision(&self) -> Result<Revision> {
@@ -452,6 +487,65 @@ impl Store for SqliteStore {
     }
 }
 
+/// The changes under a prefix after `after`: at most `page` events cut at a
+/// revision boundary, or one whole revision when it alone has more.
+fn read_changes(
+    tx: &rusqlite::Transaction,
+    prefix: &str,
+    end: &str,
+    after: Revision,
+    page: usize,
+) -> Result<Vec<Event>> {
+    let compacted: Revision = tx
+        .prepare_cached("SELECT value FROM meta WHERE name = 'compacted'")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(backend("reading history"))?;
+    if after < compacted {
+        return Err(StoreError::Compacted {
+            requested: after,
+            compacted,
+        });
+    }
+    let query = |from_id: i64, to_id: i64, limit: i64| -> Result<Vec<Event>> {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT id >> 16, key, value, create_rev, lease FROM changes
+                 WHERE id >= ?1 AND id < ?2 AND key >= ?3 AND key < ?4 ORDER BY id LIMIT ?5",
+            )
+            .map_err(backend("reading changes"))?;
+        let rows = stmt
+            .query_map(params![from_id, to_id, prefix, end, limit], |r| {
+                let rev: Revision = r.get(0)?;
+                let key: String = r.get(1)?;
+                let value: Option<Vec<u8>> = r.get(2)?;
+                Ok(match value {
+                    Some(value) => Event::Put(KeyValue {
+                        key,
+                        value,
+                        create_revision: r.get(3)?,
+                        mod_revision: rev,
+                        lease: r.get(4)?,
+                    }),
+                    None => Event::Delete { key, revision: rev },
+                })
+            })
+            .map_err(backend("reading changes"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(backend("reading changes"))
+    };
+    // One event more than the page says whether the page's last revision goes on.
+    let mut events = query((after + 1) << 16, i64::MAX, page as i64 + 1)?;
+    if events.len() > page {
+        let first = events[0].revision();
+        if events[page].revision() == first {
+            // One revision larger than the page: all of it, however large.
+            return query(first << 16, (first + 1) << 16, -1);
+        }
+        events.truncate(page_len(&events, page));
+    }
+    Ok(events)
+}
+
 fn compact_in(tx: &rusqlite::Transaction, revision: Revision) -> Result<()> {
     tx.prepare_cached("DELETE FROM changes WHERE id < ?1 AND id < (SELECT max(id) FROM changes)")
         .and_then(|mut s| s.execute([(revision + 1) << 16]))
@@ -480,6 +574,42 @@ mod tests {
             n += 1;
             Box::new(SqliteStore::open(&dir.path().join(format!("c{n}.db"))).unwrap())
         });
+    }
+
+    #[test]
+    fn open_never_creates_a_directory_and_open_existing_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("no/such/dir/x.db");
+        let err = SqliteStore::open(&deep).err().unwrap().to_string();
+        assert!(err.contains("no/such/dir does not exist"), "{err}");
+        assert!(!dir.path().join("no").exists(), "no directory was made");
+        let missing = dir.path().join("x.db");
+        let err = SqliteStore::open_existing(&missing)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("does not exist") && err.contains("netmod pool add"),
+            "{err}"
+        );
+        assert!(!missing.exists(), "no file was made");
+        std::fs::write(&missing, b"").unwrap();
+        let err = SqliteStore::open_existing(&missing)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not a netmod datastore"), "{err}");
+        assert_eq!(
+            std::fs::metadata(&missing).unwrap().len(),
+            0,
+            "left as it was"
+        );
+        std::fs::remove_file(&missing).unwrap();
+        let s = SqliteStore::open(&missing).unwrap();
+        s.txn(&[], &[Op::put("k", "v")]).unwrap();
+        drop(s);
+        let s = SqliteStore::open_existing(&missing).unwrap();
+        assert_eq!(s.get("k").unwrap().unwrap().value, b"v");
     }
 
     #[test]

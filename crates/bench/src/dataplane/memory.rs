@@ -128,6 +128,7 @@ fn populate(
                 name: name.clone(),
                 ip: IpAddr::V4(fabric_ip(100 + k as u8)),
                 ipv6: None,
+                applied_revision: None,
             },
             lease,
         )?;

@@ -22,8 +22,10 @@ const NFT_REG_1: u32 = 1;
 const NFT_META_IIFNAME: u32 = 6;
 const NFT_META_OIFNAME: u32 = 7;
 const NFT_META_NFPROTO: u32 = 15;
+const NFT_META_L4PROTO: u32 = 16;
 const NFT_CT_STATE: u32 = 0;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
 const NFT_FIB_RESULT_OIF: u32 = 1;
@@ -32,6 +34,10 @@ const NFTA_FIB_F_IIF: u32 = 1 << 3;
 const NFTA_FIB_F_PRESENT: u32 = 1 << 5;
 /// `ct state established,related`: NF_CT_STATE_BIT(ESTABLISHED) | ...(RELATED).
 const CT_ESTABLISHED_RELATED: u32 = (1 << 1) | (1 << 2);
+/// `ct state invalid`: NF_CT_STATE_INVALID_BIT.
+const CT_INVALID: u32 = 1 << 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
 
 const NF_DROP: i32 = 0;
 const NF_ACCEPT: i32 = 1;
@@ -77,7 +83,7 @@ pub(super) fn family_info(f: Family) -> FamilyInfo {
 enum Expr<'a> {
     Meta { key: u32 },
     Ct { key: u32 },
-    Payload { offset: u32, len: u32 },
+    Payload { base: u32, offset: u32, len: u32 },
     Fib { flags: u32, result: u32 },
     Bitwise { mask: [u8; 4], xor: [u8; 4] },
     Cmp { op: u32, data: Vec<u8> },
@@ -112,6 +118,36 @@ fn lower_match(m: &Match) -> Result<Vec<Expr<'_>>> {
             },
             cmp(NFT_CMP_NEQ, &[0; 4]),
         ],
+        Match::CtInvalid => vec![
+            Ct { key: NFT_CT_STATE },
+            Bitwise {
+                mask: CT_INVALID.to_ne_bytes(),
+                xor: [0; 4],
+            },
+            cmp(NFT_CMP_NEQ, &[0; 4]),
+        ],
+        Match::IcmpType { family, icmp_type } => {
+            let proto = match family {
+                Family::V4 => IPPROTO_ICMP,
+                Family::V6 => IPPROTO_ICMPV6,
+            };
+            vec![
+                Meta {
+                    key: NFT_META_NFPROTO,
+                },
+                cmp(NFT_CMP_EQ, &[family_info(*family).nfproto]),
+                Meta {
+                    key: NFT_META_L4PROTO,
+                },
+                cmp(NFT_CMP_EQ, &[proto]),
+                Payload {
+                    base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                    offset: 0,
+                    len: 1,
+                },
+                cmp(NFT_CMP_EQ, &[*icmp_type]),
+            ]
+        }
         Match::SourceNotRoutedViaIif => vec![
             Fib {
                 flags: NFTA_FIB_F_SADDR | NFTA_FIB_F_IIF | NFTA_FIB_F_PRESENT,
@@ -152,6 +188,7 @@ fn addr_in_set(family: Family, set: &str, source: bool) -> Vec<Expr<'_>> {
             data: vec![f.nfproto],
         },
         Expr::Payload {
+            base: NFT_PAYLOAD_NETWORK_HEADER,
             offset,
             len: f.addr_len,
         },
@@ -189,9 +226,9 @@ impl Expr<'_> {
             Expr::Meta { key } | Expr::Ct { key } => {
                 m.u32_be(1, NFT_REG_1).u32_be(2, *key); // DREG, KEY
             }
-            Expr::Payload { offset, len } => {
+            Expr::Payload { base, offset, len } => {
                 m.u32_be(1, NFT_REG_1) // DREG
-                    .u32_be(2, NFT_PAYLOAD_NETWORK_HEADER) // BASE
+                    .u32_be(2, *base) // BASE
                     .u32_be(3, *offset)
                     .u32_be(4, *len);
             }
@@ -285,6 +322,7 @@ mod tests {
                     data: vec![10]
                 },
                 Expr::Payload {
+                    base: NFT_PAYLOAD_NETWORK_HEADER,
                     offset: 24,
                     len: 16
                 },

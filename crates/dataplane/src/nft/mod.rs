@@ -55,6 +55,7 @@ const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 
+const NF_INET_LOCAL_IN: u32 = 1;
 const NF_INET_FORWARD: u32 = 2;
 const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
@@ -175,6 +176,7 @@ impl Batch {
         if let Some(hook) = &chain.hook {
             let hooknum = match hook.kind {
                 HookKind::Forward => NF_INET_FORWARD,
+                HookKind::Input => NF_INET_LOCAL_IN,
             };
             m.nest(NFTA_CHAIN_HOOK, |m| {
                 m.u32_be(NFTA_HOOK_HOOKNUM, hooknum)
@@ -418,6 +420,33 @@ pub fn nft_set_exists(name: &str) -> Result<bool> {
     let mut m = nft_msg(NFT_MSG_GETSET, 0);
     m.str(NFTA_SET_TABLE, TABLE).str(NFTA_SET_NAME, name);
     exists(&format!("get set {name}"), m)
+}
+
+/// The names of every set in netmod's table (empty when there is no table).
+pub fn nft_list_sets() -> Result<Vec<String>> {
+    let mut m = nft_msg(NFT_MSG_GETSET, NLM_F_DUMP);
+    m.str(NFTA_SET_TABLE, TABLE);
+    let mut names = Vec::new();
+    let listed = with_socket(|sock| {
+        sock.request("list sets", m, |_, payload| {
+            let body = payload.get(4..).unwrap_or_default();
+            let in_table = nl::attr(body, NFTA_SET_TABLE).map(cstr) == Some(TABLE);
+            if let (true, Some(name)) = (in_table, nl::attr(body, NFTA_SET_NAME)) {
+                names.push(cstr(name).to_string());
+            }
+        })
+    });
+    match listed {
+        Ok(()) => Ok(names),
+        Err(e) if e.os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A NUL-terminated netlink string attribute as text.
+fn cstr(b: &[u8]) -> &str {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    std::str::from_utf8(&b[..end]).unwrap_or("")
 }
 
 /// How often a multi-message dump is repeated before giving up on agreement.

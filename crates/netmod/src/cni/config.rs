@@ -45,7 +45,12 @@ pub struct Env {
 
 impl Env {
     pub fn from_process() -> Result<Env, CniError> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Env::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// The environment as `lookup` reports it (`from_process`: the process's).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> {
+        let var = |k: &str| lookup(k).filter(|v| !v.is_empty());
         let mut args = BTreeMap::new();
         if let Some(raw) = var("CNI_ARGS") {
             for pair in raw.split(';').filter(|p| !p.is_empty()) {

@@ -2,7 +2,7 @@
 //! (ADD, DEL, CHECK, STATUS, VERSION, GC) over the same ipam, policy and
 //! dataplane code as `netmod mesos`.
 
-mod config;
+pub(crate) mod config;
 mod result;
 
 use config::{Env, NetConf};
@@ -121,7 +121,13 @@ fn run(command: &str, stdin: &[u8]) -> Result<Option<Value>, CniError> {
 
 fn open_store(conf: &NetConf) -> Result<Box<dyn Store>, CniError> {
     let addr = netmod_store::store_address(conf.store.as_deref());
-    netmod_store::open(&addr).map_err(|e| CniError::try_later(format!("datastore: {e}")))
+    netmod_store::open(&addr).map_err(|e| match e {
+        // A store that cannot be (a typo in "store") is the config's fault.
+        netmod_store::StoreError::BadAddress(_) | netmod_store::StoreError::NotFound { .. } => {
+            CniError::config(format!("datastore: {e}"))
+        }
+        e => CniError::try_later(format!("datastore: {e}")),
+    })
 }
 
 fn hostname(conf: &NetConf) -> Result<String, CniError> {
@@ -184,7 +190,9 @@ impl Ctx<'_> {
         if let Some(pool) = self.conf.pool {
             let known = ipam.pools().map_err(ipam_err)?;
             if !known.iter().any(|p| p.cidr == pool) {
-                ipam.add_pool(pool, None, netmod_ipam::DEFAULT_QUARANTINE_SECS)
+                let forbidden = crate::ops::host_networks(&pool)
+                    .map_err(|e| CniError::plugin(e.to_string(), ""))?;
+                ipam.add_pool_checked(pool, None, netmod_ipam::DEFAULT_QUARANTINE_SECS, &forbidden)
                     .map_err(ipam_err)?;
             }
         }

@@ -19,7 +19,7 @@ pub fn main(store_flag: Option<&str>) -> i32 {
         Err(e) => Err(format!("cannot read the request from stdin: {e}")),
         Ok(_) => protocol::parse(&input)
             .map_err(|Invalid(msg)| msg)
-            .and_then(|req| execute(store_flag, req)),
+            .and_then(|req| execute(&*open_store(store_flag)?, req)),
     };
     match reply {
         Ok(mut value) => {
@@ -38,9 +38,17 @@ fn open_store(flag: Option<&str>) -> Result<Box<dyn netmod_store::Store>, String
     netmod_store::open(&netmod_store::store_address(flag)).map_err(|e| e.to_string())
 }
 
-fn execute(store_flag: Option<&str>, req: Request) -> Result<Value, String> {
-    let store = open_store(store_flag)?;
-    let ipam = Ipam::new(&*store);
+/// One request, end to end, against an open store: the reply `main` prints
+/// (without its `"error": null`), or the error message. (The fuzz tests drive
+/// the door through this.)
+#[cfg_attr(not(test), allow(dead_code))]
+pub fn respond(input: &[u8], store: &dyn netmod_store::Store) -> Result<Value, String> {
+    let req = protocol::parse(input).map_err(|Invalid(msg)| msg)?;
+    execute(store, req)
+}
+
+fn execute(store: &dyn netmod_store::Store, req: Request) -> Result<Value, String> {
+    let ipam = Ipam::new(store);
     match req {
         Request::Allocate(a) => {
             let got = ipam
@@ -113,18 +121,31 @@ fn execute(store_flag: Option<&str>, req: Request) -> Result<Value, String> {
                 source: "mesos",
                 handle,
             };
-            attach(&*store, &req).map_err(|e| format!("isolate failed while {e}"))?;
+            attach(store, &req).map_err(|e| format!("isolate failed while {e}"))?;
             Ok(json!({}))
         }
         Request::Cleanup(c) => {
-            let ep = detach(&*store, &c.hostname, &c.container_id, "eth0")
+            let ep = detach(store, &c.hostname, &c.container_id, "eth0")
                 .map_err(|errs| format!("cleanup incomplete: {}", errs.join("; ")))?;
+            let Some(ep) = ep else {
+                return Ok(json!({}));
+            };
             // Release what the container's handle still holds, unless `release` came first.
-            if let Some(handle) = ep.and_then(|e| e.handle) {
-                match ipam.release_handle(&handle) {
-                    Ok(_) | Err(netmod_ipam::IpamError::UnknownHandle(_)) => {}
+            let released_before = match &ep.handle {
+                Some(handle) => match ipam.release_handle(handle) {
+                    Ok(_) => false,
+                    Err(netmod_ipam::IpamError::UnknownHandle(_)) => true,
                     Err(e) => return Err(format!("cleanup could not release {handle}: {e}")),
-                }
+                },
+                None => true,
+            };
+            // The module sends `release` before `cleanup`: then the addresses'
+            // quarantine started before the endpoint left the hosts' sets, and
+            // starts again now, so that every host applies the removal first.
+            if released_before {
+                let addrs: Vec<IpAddr> = ep.addrs().collect();
+                ipam.restart_quarantine(&addrs)
+                    .map_err(|e| format!("cleanup could not quarantine {addrs:?} again: {e}"))?;
             }
             Ok(json!({}))
         }

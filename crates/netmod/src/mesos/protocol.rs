@@ -266,16 +266,7 @@ impl Args<'_> {
 }
 
 pub fn validate_netgroup(g: &str) -> Result<()> {
-    let ok = !g.is_empty()
-        && g.len() <= 64
-        && g.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !ok {
-        return invalid(format!(
-            "netgroup {g:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
-        ));
-    }
-    Ok(())
+    netmod_policy::validate_netgroup(g).map_err(Invalid)
 }
 
 /// The Calico plugin's `ipv4_addrs` label: a JSON or Python-style list of

@@ -34,6 +34,8 @@ pub struct FakeHost {
     pub name: String,
     pub ns: String,
     pub ip: String,
+    /// The host's IPv6 address on the fabric (`FabricOptions::ipv6`).
+    pub ip6: Option<String>,
     pub node: Option<Child>,
 }
 
@@ -42,9 +44,14 @@ pub struct Container {
     pub host: String,
     pub pid: u32,
     pub process: Child,
+    /// The IPv4 address (empty when the container has none).
     pub addr: String,
+    /// The IPv6 address, when the container has one.
+    pub addr6: Option<String>,
     pub groups: Vec<String>,
     pub server: Option<Child>,
+    /// The listener on the IPv6 address.
+    pub server6: Option<Child>,
 }
 
 pub struct Fabric {
@@ -54,6 +61,8 @@ pub struct Fabric {
     pub hosts: Vec<FakeHost>,
     pub containers: Vec<Container>,
     pub subnet: String,
+    /// The fabric's IPv6 prefix (`<subnet6>::/64`), used when `opts.ipv6`.
+    pub subnet6: String,
     /// What every `--store` on this fabric says: the SQLite path or `etcd://…`.
     pub addr: String,
     /// The etcd server inside the fabric namespace, when the fabric uses etcd.
@@ -78,6 +87,11 @@ pub struct FabricOptions {
     pub lease_ttl: u64,
     /// `netmod node --resync-interval`.
     pub resync_interval: u64,
+    /// Hosts get an IPv6 address on the fabric too, and their nodes are
+    /// told it (`--host-ipv6`).
+    pub ipv6: bool,
+    /// `netmod node --stale-record-grace`, when set (else the node's default).
+    pub stale_record_grace: Option<u64>,
 }
 
 impl Default for FabricOptions {
@@ -86,6 +100,8 @@ impl Default for FabricOptions {
             backend: Backend::Sqlite,
             lease_ttl: 3,
             resync_interval: 5,
+            ipv6: false,
+            stale_record_grace: None,
         }
     }
 }
@@ -245,12 +261,18 @@ impl Fabric {
         let id = NEXT.fetch_add(1, Ordering::SeqCst);
         let prefix = format!("nmtest-{}-{id}", std::process::id());
         let subnet = format!("10.250.{}", 10 + id % 200);
+        let subnet6 = format!("fdfa:0:{:x}:{}", std::process::id() & 0xffff, id % 10000);
         let store = TestStore::new();
         let fab = format!("{prefix}-fab");
         must(&format!("ip netns add {fab}"));
         must(&format!(
             "ip -n {fab} link add br0 type bridge && ip -n {fab} link set br0 up && ip -n {fab} addr add {subnet}.254/24 dev br0 && ip -n {fab} link set lo up"
         ));
+        if opts.ipv6 {
+            must(&format!(
+                "ip -n {fab} addr add {subnet6}::254/64 dev br0 nodad"
+            ));
+        }
         let (addr, etcd) = match opts.backend {
             Backend::Sqlite => (store.path.display().to_string(), None),
             Backend::Etcd => {
@@ -265,11 +287,19 @@ impl Fabric {
             hosts: Vec::new(),
             containers: Vec::new(),
             subnet: subnet.clone(),
+            subnet6: subnet6.clone(),
             addr,
             etcd,
             opts,
         };
-        let out = fabric.netmod(&["pool", "add", pool, "--quarantine", "1"]);
+        // Inside the fabric's namespace: `pool add` refuses pools that overlap
+        // the routes where it runs, and the machine's own routes (a lab's,
+        // say) are none of this fabric's business.
+        let out = Command::new("ip")
+            .args(["netns", "exec", &fab, NETMOD, "--store", &fabric.addr])
+            .args(["pool", "add", pool, "--quarantine", "1"])
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "pool add: {}",
@@ -286,10 +316,17 @@ impl Fabric {
                  ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && \
                  ip -n {ns} route add default via {subnet}.254"
             ));
+            let ip6 = opts
+                .ipv6
+                .then(|| canonical_ipv6(&format!("{subnet6}::{i}")));
+            if let Some(ip6) = &ip6 {
+                must(&format!("ip -n {ns} addr add {ip6}/64 dev eth0 nodad"));
+            }
             fabric.hosts.push(FakeHost {
                 name,
                 ns,
                 ip,
+                ip6,
                 node: None,
             });
         }
@@ -310,8 +347,8 @@ impl Fabric {
             .append(true)
             .open(self.node_log_path(&h.name))
             .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &h.ns, NETMOD, "--store"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &h.ns, NETMOD, "--store"])
             .arg(&self.addr)
             .args([
                 "node",
@@ -323,11 +360,14 @@ impl Fabric {
                 &self.opts.lease_ttl.to_string(),
                 "--resync-interval",
                 &self.opts.resync_interval.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            ]);
+        if let Some(ip6) = &h.ip6 {
+            cmd.args(["--host-ipv6", ip6]);
+        }
+        if let Some(grace) = self.opts.stale_record_grace {
+            cmd.args(["--stale-record-grace", &grace.to_string()]);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         self.hosts[i].node = Some(child);
         let ns = self.hosts[i].ns.clone();
         wait_for(
@@ -379,6 +419,20 @@ impl Fabric {
     /// Start a container process (a fresh network namespace), allocate its
     /// address and isolate it, exactly as the Mesos module would.
     pub fn launch(&mut self, host: &str, name: &str, groups: &[&str]) -> &Container {
+        self.launch_with(host, name, groups, 1, 0)
+    }
+
+    /// `launch` with `num_ipv4` / `num_ipv6` addresses (at most one of
+    /// each), and a TCP echo server on port 9000 of each.
+    pub fn launch_with(
+        &mut self,
+        host: &str,
+        name: &str,
+        groups: &[&str],
+        num_ipv4: u32,
+        num_ipv6: u32,
+    ) -> &Container {
+        assert!(num_ipv4 <= 1 && num_ipv6 <= 1 && num_ipv4 + num_ipv6 > 0);
         let h = self.host(host);
         let process = Command::new("ip")
             .args([
@@ -395,37 +449,39 @@ impl Fabric {
         let uid = format!("{}-{name}", self.prefix);
         let (code, reply) = self.mesos(
             host,
-            &json!({"command":"allocate","args":{"hostname":host,"num_ipv4":1,"num_ipv6":0,"uid":uid,"netgroups":groups}}),
+            &json!({"command":"allocate","args":{"hostname":host,"num_ipv4":num_ipv4,"num_ipv6":num_ipv6,"uid":uid,"netgroups":groups}}),
         );
         assert_eq!(code, 0, "allocate: {reply}");
-        let addr = reply["ipv4"][0].as_str().unwrap().to_string();
+        let v4: Vec<Value> = reply["ipv4"].as_array().cloned().unwrap_or_default();
+        let v6: Vec<Value> = reply["ipv6"].as_array().cloned().unwrap_or_default();
+        assert_eq!(
+            (v4.len(), v6.len()),
+            (num_ipv4 as usize, num_ipv6 as usize),
+            "allocate: {reply}"
+        );
+        let addr = v4
+            .first()
+            .map(|a| a.as_str().unwrap().to_string())
+            .unwrap_or_default();
+        let addr6 = v6.first().map(|a| a.as_str().unwrap().to_string());
         let (code, reply) = self.mesos(
             host,
             &json!({"command":"isolate","args":{"hostname":host,"container_id":uid,"pid":pid,
-                "ipv4_addrs":[addr],"netgroups":groups,"labels":{"task":name}}}),
+                "ipv4_addrs":v4,"ipv6_addrs":v6,"netgroups":groups,"labels":{"task":name}}}),
         );
         assert_eq!(code, 0, "isolate: {reply}");
-        let server = Command::new("nsenter")
-            .arg(format!("--net=/proc/{pid}/ns/net"))
-            .args(["python3", "-c", SERVER, &addr, "9000"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut server = server;
-        let mut line = String::new();
-        use std::io::BufRead;
-        std::io::BufReader::new(server.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
+        let server = (!addr.is_empty()).then(|| serve_in(pid, &addr));
+        let server6 = addr6.as_deref().map(|a| serve_in(pid, a));
         self.containers.push(Container {
             name: name.into(),
             host: host.into(),
             pid,
             process,
             addr,
+            addr6,
             groups: groups.iter().map(|g| g.to_string()).collect(),
-            server: Some(server),
+            server,
+            server6,
         });
         self.containers.last().unwrap()
     }
@@ -457,7 +513,22 @@ impl Fabric {
     /// Can a TCP connection be made from a container (by name) or host (by
     /// host name) to a container's port 9000?
     pub fn connects(&self, from: &str, to: &str, timeout: f64) -> bool {
-        let dst = &self.container(to).addr;
+        self.connects_addr(from, &self.container(to).addr, timeout)
+    }
+
+    /// `connects`, to the container's IPv6 address.
+    pub fn connects6(&self, from: &str, to: &str, timeout: f64) -> bool {
+        let c = self.container(to);
+        let dst = c
+            .addr6
+            .as_deref()
+            .unwrap_or_else(|| panic!("{to} has no IPv6 address"));
+        self.connects_addr(from, dst, timeout)
+    }
+
+    /// Can a container (by name) or host (by host name) open a TCP
+    /// connection to `dst` port 9000 (and get its byte echoed)?
+    pub fn connects_addr(&self, from: &str, dst: &str, timeout: f64) -> bool {
         let cmd = match self.containers.iter().find(|c| c.name == from) {
             Some(c) => format!(
                 "nsenter --net=/proc/{}/ns/net python3 -c \"$P\" {dst} 9000 '' {timeout}",
@@ -510,7 +581,7 @@ impl Fabric {
 }
 
 fn kill(c: &mut Container) {
-    for child in [Some(&mut c.process), c.server.as_mut()]
+    for child in [Some(&mut c.process), c.server.as_mut(), c.server6.as_mut()]
         .into_iter()
         .flatten()
     {
@@ -546,12 +617,22 @@ pub fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// Root, `ip`, `nft`, python3, nsenter: what these tests need.
-pub fn have_requirements() -> bool {
-    let tools = ["ip", "nft", "python3", "nsenter", "unshare", "curl"]
-        .iter()
-        .all(|t| sh(&format!("command -v {t}")).status.success());
-    require(is_root(), "root") && require(tools, "ip, nft, python3, nsenter, unshare, curl")
+/// What every fabric test needs: root and the tools the fabric runs.
+/// Fails the test (never skips it) when something is missing.
+pub fn require_lab() {
+    require(
+        is_root(),
+        "root (it creates network namespaces and nftables tables)",
+    );
+    require_tools(&[
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("python3", "python3"),
+        ("nsenter", "util-linux"),
+        ("unshare", "util-linux"),
+        ("sleep", "coreutils"),
+        ("curl", "curl"),
+    ]);
 }
 
 impl Fabric {
@@ -809,4 +890,299 @@ impl Fabric {
             self.host(host).ns
         ));
     }
+}
+
+/// A UDP listener: prints `ready`, then one line `<source address> <payload>`
+/// per datagram it receives.
+pub const UDP_SINK: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print('ready', flush=True)
+while True:
+    d, a = s.recvfrom(2048)
+    print(a[0], d.decode(errors='replace'), flush=True)
+"#;
+
+/// Sends one UDP datagram from `src` (which need not be an address of this
+/// namespace: IP_TRANSPARENT / IPV6_TRANSPARENT) to `dst`:`port`.
+pub const UDP_SEND: &str = r#"
+import socket, sys
+dst, port, src, payload = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+v6 = ':' in dst
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(41 if v6 else 0, 75 if v6 else 19, 1)
+s.bind((src, 0))
+s.sendto(payload.encode(), (dst, port))
+"#;
+
+/// The UDP port the sinks listen on, inside container namespaces the test made.
+pub const UDP_PORT: u16 = 9001;
+
+/// A `UDP_SINK` in a process's network namespace, and what it received.
+pub struct UdpSink {
+    child: Child,
+    rx: std::sync::mpsc::Receiver<(String, String)>,
+    /// Every datagram received so far: (source address, payload).
+    pub seen: Vec<(String, String)>,
+}
+
+impl UdpSink {
+    pub fn start(pid: u32, addr: &str) -> UdpSink {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .args(["python3", "-c", UDP_SINK, addr, &UDP_PORT.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        use std::io::BufRead;
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "UDP sink on {addr}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines() {
+                let Ok(line) = line else { break };
+                if let Some((src, payload)) = line.split_once(' ') {
+                    if tx.send((src.to_string(), payload.to_string())).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        UdpSink {
+            child,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits up to `limit` for a datagram carrying `payload`; keeps
+    /// everything that arrives meanwhile in `seen`.
+    pub fn wait_for(&mut self, payload: &str, limit: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.seen.iter().any(|(_, p)| p == payload) {
+                return true;
+            }
+            let left = limit.saturating_sub(start.elapsed());
+            match self.rx.recv_timeout(left) {
+                Ok(d) => self.seen.push(d),
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// One UDP datagram from the namespace of `pid`, with source address `src`.
+pub fn send_udp(pid: u32, src: &str, dst: &str, payload: &str) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args([
+            "python3",
+            "-c",
+            UDP_SEND,
+            dst,
+            &UDP_PORT.to_string(),
+            src,
+            payload,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "send from {src} to {dst}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Fabric {
+    /// Container `from` sends UDP datagrams to `to_addr` (an address of
+    /// container `to`) with the forged source address `forged`, each one
+    /// followed by a control datagram from its own address (`own`) along
+    /// the same path. Every control must arrive (so the listener, the path
+    /// and the policy let such a packet through, and a forged datagram sent
+    /// before it had every chance to arrive first). Returns the forged
+    /// datagrams that arrived.
+    pub fn forged_datagrams_received(
+        &self,
+        from: &str,
+        own: &str,
+        forged: &str,
+        to: &str,
+        to_addr: &str,
+    ) -> Vec<(String, String)> {
+        let from_pid = self.container(from).pid;
+        let mut sink = UdpSink::start(self.container(to).pid, to_addr);
+        for round in 0..3 {
+            send_udp(from_pid, forged, to_addr, &format!("forged-{round}"));
+            let control = format!("control-{round}");
+            let start = Instant::now();
+            loop {
+                send_udp(from_pid, own, to_addr, &control);
+                if sink.wait_for(&control, Duration::from_millis(200)) {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(15),
+                    "control datagram {from} ({own}) -> {to} ({to_addr}) never arrived, \
+                     so this check could not see a forged one either; received: {:?}",
+                    sink.seen
+                );
+            }
+        }
+        for (src, payload) in &sink.seen {
+            if payload.starts_with("control") {
+                assert_eq!(src, own, "a control arrived with another source");
+            }
+        }
+        sink.seen
+            .iter()
+            .filter(|(_, p)| p.starts_with("forged"))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A child process that is killed when this is dropped, so that a failing
+/// assertion does not leave it running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child process.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP echo server on `addr`:`port` in a host's namespace (by `ip netns`
+/// name), killed when dropped.
+pub fn serve_in_netns(ns: &str, addr: &str, port: u16) -> KillOnDrop {
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", SERVER, addr])
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "server on {addr}:{port} in {ns}");
+    KillOnDrop(server)
+}
+
+/// Can a process run by `prefix` (`nsenter --net=…` or `ip netns exec …`)
+/// open a TCP connection to `addr`:`port` and get its byte echoed?
+pub fn connects_with(prefix: &str, addr: &str, port: u16, timeout: f64) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{prefix} python3 -c \"$P\" {addr} {port} \"\" {timeout}"
+        ))
+        .env("P", CONNECT)
+        .status()
+        .unwrap()
+        .success()
+}
+
+impl Container {
+    /// The container's addresses: IPv4 (if any), then IPv6 (if any).
+    pub fn addrs(&self) -> Vec<String> {
+        let v4 = Some(self.addr.clone()).filter(|a| !a.is_empty());
+        v4.into_iter().chain(self.addr6.clone()).collect()
+    }
+}
+
+/// The sets `expected_set_elements` describes.
+pub fn is_membership_set(name: &str) -> bool {
+    ["grouped_", "public_", "g_"]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
+impl Fabric {
+    /// The elements of a host's membership sets (`is_membership_set`), as
+    /// `expected_set_elements` says them.
+    pub fn membership_elements(&self, host: &str) -> Vec<(String, String)> {
+        let mut all = self.set_elements(host);
+        all.retain(|(set, _)| is_membership_set(set));
+        all
+    }
+}
+
+/// The set elements a host's netmod table must hold for the fabric's
+/// running containers, from the policy's semantics: its own containers
+/// that have a netgroup (`grouped_*`), its own `public` ones (`public_*`),
+/// and every member, on any host, of each netgroup (other than `public`)
+/// that one of its own containers is in (`g_<netgroup>_*`). Sorted as
+/// `Fabric::set_elements` returns them.
+pub fn expected_set_elements(f: &Fabric, host: &str) -> Vec<(String, String)> {
+    use netmod_model::nft::Family;
+    use netmod_policy::{group_set_name, BaseSets};
+    let family = |a: &str| {
+        if a.contains(':') {
+            Family::V6
+        } else {
+            Family::V4
+        }
+    };
+    let local: Vec<&Container> = f.containers.iter().filter(|c| c.host == host).collect();
+    let mut want = std::collections::BTreeSet::new();
+    for c in &local {
+        for a in c.addrs() {
+            if !c.groups.is_empty() {
+                want.insert((BaseSets::grouped(family(&a)), a.clone()));
+            }
+            if c.groups.iter().any(|g| g == "public") {
+                want.insert((BaseSets::public(family(&a)), a.clone()));
+            }
+        }
+    }
+    let groups: std::collections::BTreeSet<&str> = local
+        .iter()
+        .flat_map(|c| c.groups.iter().map(String::as_str))
+        .filter(|g| *g != "public")
+        .collect();
+    for c in &f.containers {
+        for g in c.groups.iter().filter(|g| groups.contains(g.as_str())) {
+            for a in c.addrs() {
+                want.insert((group_set_name(g, family(&a)), a));
+            }
+        }
+    }
+    want.into_iter().collect()
+}
+
+/// Polls `ok` until it holds (Some(how long it took)) or `limit` has
+/// passed (None).
+pub fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if ok() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// An IPv6 address as `ip -j` and netmod print it (RFC 5952).
+pub fn canonical_ipv6(addr: &str) -> String {
+    addr.parse::<std::net::Ipv6Addr>()
+        .unwrap_or_else(|e| panic!("{addr}: {e}"))
+        .to_string()
 }

@@ -104,16 +104,37 @@ pub fn wait(child: &mut Child) -> Output {
     }
 }
 
-/// Fail under CI, print and skip otherwise.
-pub fn require(ok: bool, what: &str) -> bool {
-    if ok {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("required for this test and missing: {what}");
-    }
-    eprintln!("SKIPPED: {what} is missing");
-    false
+/// How to get what the tests need on a fresh Debian 12 machine.
+pub const INSTALL_HINT: &str =
+    "run `bash scripts/setup.sh` as root (it installs every package the tests use), \
+     then run the tests as root";
+
+/// A test whose requirement is missing fails, with or without `CI` set: a
+/// run that skips is not a run that passed. The message names what is
+/// missing and how to get it.
+pub fn require(ok: bool, what: &str) {
+    assert!(
+        ok,
+        "this test needs {what}, which is missing on this machine: {INSTALL_HINT}"
+    );
+}
+
+/// Fails the test unless every command in `tools` (name, Debian package)
+/// is on PATH, naming each missing one and its package.
+pub fn require_tools(tools: &[(&str, &str)]) {
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|(t, _)| {
+            !Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {t}"))
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(t, pkg)| format!("`{t}` (Debian package {pkg})"))
+        .collect();
+    require(missing.is_empty(), &missing.join(", "));
 }
 
 pub fn is_root() -> bool {
