@@ -24,6 +24,7 @@
 
 mod conntrack;
 mod error;
+mod hostnet;
 mod link;
 mod monitor;
 mod netns;
@@ -33,6 +34,7 @@ mod rtnl;
 
 pub use conntrack::conntrack_forget;
 pub use error::{Error, Result};
+pub use hostnet::{host_addresses, host_routes, HostRoute};
 pub use link::{
     add_route, del_route, del_routes_not_in, link_exists, list_links_with_prefix, list_routes,
     plug, unplug, LinkInfo, PlugSpec, Plugged, RouteInfo,

@@ -79,7 +79,12 @@ impl NftMonitor {
                         .and_then(|b| <[u8; 4]>::try_from(b).ok())
                         .map(u32::from_be_bytes);
                     let name = nl::attr_str(body, NFTA_GEN_PROC_NAME);
-                    let ours = pid == Some(std::process::id()) || name.as_deref() == Some("netmod");
+                    // The kernel names the thread that committed: one of
+                    // ours if this process has a task of that id.
+                    let own_thread = pid.is_some_and(|p| {
+                        std::path::Path::new(&format!("/proc/self/task/{p}")).exists()
+                    });
+                    let ours = own_thread || name.as_deref() == Some("netmod");
                     if self.pending && !ours {
                         seen.foreign = true;
                     }

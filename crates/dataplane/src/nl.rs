@@ -414,6 +414,22 @@ impl Socket {
     /// Subscribe to a multicast group (e.g. NFNLGRP_NFTABLES) for events.
     pub fn join_group(&self, group: u32) -> Result<()> {
         const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+        // Bind first (the kernel picks our port id): group delivery goes to
+        // bound sockets.
+        // SAFETY: sockaddr_nl is plain data; zeroed is a valid value.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: passes a pointer to a live sockaddr_nl and its exact size.
+        let rc = unsafe {
+            libc::bind(
+                self.fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::last_os("bind netlink socket"));
+        }
         self.set_opt(
             libc::SOL_NETLINK,
             NETLINK_ADD_MEMBERSHIP,

@@ -538,3 +538,56 @@ fn rules_filter_forwarded_traffic_between_containers() {
     // From the host itself (not forwarded) is never filtered by this table.
     assert!(host.can_connect("10.251.2.2:9000"));
 }
+
+/// The node hears of changes to its table made by others (`nft`), and not
+/// of its own.
+#[test]
+fn the_monitor_reports_foreign_changes_to_the_table_and_not_our_own() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = TestNs::new();
+    let (own, foreign_chain, foreign_delete, other_table) = ns.run(|| {
+        dp::nft_replace_all(&sample_ruleset(&["10.0.0.1"])).unwrap();
+        let mut monitor = dp::NftMonitor::open().unwrap();
+        let drain = |m: &mut dp::NftMonitor| {
+            let mut foreign = false;
+            for _ in 0..5 {
+                foreign |= m
+                    .wait(std::time::Duration::from_millis(100))
+                    .unwrap()
+                    .foreign;
+            }
+            foreign
+        };
+        // Our own changes, structural ones included, are not foreign.
+        dp::nft_replace_all(&sample_ruleset(&["10.0.0.2"])).unwrap();
+        dp::nft_apply(&[Change::AddElements {
+            set: "g_web_v4".into(),
+            family: Family::V4,
+            elements: vec!["10.0.0.3".parse().unwrap()],
+        }])
+        .unwrap();
+        let own = drain(&mut monitor);
+        let nft = |args: &[&str]| {
+            let out = std::process::Command::new("nft")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "nft {args:?}: {out:?}");
+        };
+        nft(&["add", "chain", "inet", "netmod", "intruder"]);
+        let foreign_chain = drain(&mut monitor);
+        nft(&["delete", "table", "inet", "netmod"]);
+        let foreign_delete = drain(&mut monitor);
+        // Someone else's table is none of our business.
+        nft(&["add", "table", "inet", "elsewhere"]);
+        nft(&["add", "chain", "inet", "elsewhere", "c"]);
+        let other_table = drain(&mut monitor);
+        (own, foreign_chain, foreign_delete, other_table)
+    });
+    assert!(!own, "our own changes were reported as foreign");
+    assert!(foreign_chain, "a chain added by nft went unnoticed");
+    assert!(foreign_delete, "the table deleted by nft went unnoticed");
+    assert!(!other_table, "another table's changes were reported");
+}

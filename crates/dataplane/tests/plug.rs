@@ -339,3 +339,42 @@ fn routes_with_our_protocol_are_added_listed_and_removed() {
         "foreign route untouched"
     );
 }
+
+/// Forgetting an address's flows deletes exactly the conntrack entries to
+/// and from it, in this namespace.
+#[test]
+fn conntrack_forget_deletes_exactly_the_flows_of_an_address() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = TestNs::new();
+    let (before, deleted, after) = ns.run(|| {
+        let ct = |args: &[&str]| {
+            let out = std::process::Command::new("conntrack")
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr)
+        };
+        // Entries made by hand: two flows of 10.9.0.1, one that is not.
+        for (src, dst, sport) in [
+            ("10.9.0.1", "10.9.0.2", "1001"),
+            ("10.9.0.3", "10.9.0.1", "1002"),
+            ("10.9.0.3", "10.9.0.4", "1003"),
+        ] {
+            let out = ct(&[
+                "-I", "-p", "udp", "-s", src, "-d", dst, "--sport", sport, "--dport", "53", "-t",
+                "60",
+            ]);
+            assert!(out.contains("1 flow entries have been created"), "{out}");
+        }
+        let before = ct(&["-L"]);
+        let deleted = dp::conntrack_forget(&["10.9.0.1".parse().unwrap()]).unwrap();
+        (before, deleted, ct(&["-L"]))
+    });
+    assert_eq!(before.matches("udp").count(), 3, "{before}");
+    assert_eq!(deleted, 2, "{after}");
+    assert!(!after.contains("10.9.0.1"), "{after}");
+    assert!(after.contains("src=10.9.0.3 dst=10.9.0.4"), "{after}");
+}
