@@ -347,7 +347,10 @@ pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<Change> {
 /// left the host): removing them means removing the rules that use them, so
 /// the node installs the whole table instead of a diff.
 pub fn has_stale_sets(current: &Ruleset, desired: &Ruleset) -> bool {
-    current.sets.keys().any(|name| !desired.sets.contains_key(name))
+    current
+        .sets
+        .keys()
+        .any(|name| !desired.sets.contains_key(name))
 }
 
 fn push_element_changes(
