@@ -13,7 +13,9 @@
 pub mod attach;
 pub mod check;
 pub mod explain;
+pub mod labels;
 pub mod node;
+pub mod policies;
 pub mod registry;
 
 /// An error from the core, with its cause chained in.
