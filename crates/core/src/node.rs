@@ -163,7 +163,7 @@ pub fn run(store: Arc<dyn Store>, config: NodeConfig) -> Result<(), CoreError> {
         applied_revision: None,
     };
     let lease_ttl = config.lease_ttl.max(Duration::from_secs(2));
-    spawn_heartbeat(store.clone(), host, lease_ttl, metrics.clone());
+    let mut heartbeat = Some((store.clone(), host, lease_ttl, metrics.clone()));
 
     let mut node = Node {
         hostname: config.hostname,
@@ -188,6 +188,12 @@ pub fn run(store: Arc<dyn Store>, config: NodeConfig) -> Result<(), CoreError> {
             node.metrics.apply_errors.inc();
             std::thread::sleep(Duration::from_secs(1));
             continue;
+        }
+        // The host goes live only once the first resync has shown this node
+        // runs under the right name (a misnamed node must not announce
+        // itself, not even until its lease runs out).
+        if let Some((store, host, ttl, metrics)) = heartbeat.take() {
+            spawn_heartbeat(store, host, ttl, metrics);
         }
         node.metrics.ready.store(true, Ordering::Relaxed);
         let last_full = Instant::now();
