@@ -8,10 +8,11 @@ mod mesos;
 mod node;
 mod ops;
 mod output;
+mod policy;
 mod show;
 
 use clap::{Parser, Subcommand};
-use output::Format;
+use output::OutputArg;
 
 #[derive(Parser)]
 #[command(
@@ -26,12 +27,12 @@ runtime's CNI plugin directory (usually /opt/cni/bin; the Debian package install
 The net-modules door for Mesos 0.26-0.28 is `netmod mesos` (see `netmod mesos --help`)."
 )]
 struct Cli {
-    /// Datastore: a SQLite file path (or sqlite://PATH), or etcd://HOST:PORT[,HOST:PORT][?prefix=P&ca=F&cert=F&key=F] (default: $NETMOD_STORE, else /var/lib/netmod/netmod.db). Commands that only read need an existing store; `pool add` creates the file, never its directory (except the default's).
+    /// Datastore: a SQLite file path (or sqlite://PATH), or etcd://HOST:PORT[,HOST:PORT][?prefix=P&ca=F&cert=F&key=F] (default: $NETMOD_STORE, else /var/lib/netmod/netmod.db). Commands that only read need an existing store; `pool add` and `policy apply` create the file, never its directory (except the default's).
     #[arg(long, global = true, value_name = "PATH|URL")]
     store: Option<String>,
-    /// Output format: a table for people, JSON for scripts.
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
-    output: Format,
+    /// Output format: a table for people, JSON for scripts; YAML (Calico's format) for `policy get` and `policy list` only.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputArg::Table)]
+    output: OutputArg,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -47,6 +48,9 @@ enum Cmd {
     /// Inspect, reserve, release and check address allocations.
     #[command(subcommand)]
     Ipam(ops::IpamCmd),
+    /// Calico GlobalNetworkPolicy: apply policy files, list, get and delete policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
     /// The per-host daemon: keeps this host's routes and nftables policy in step with the datastore.
     Node(node::NodeArgs),
     /// List the endpoints plugged in on every host.
@@ -144,17 +148,19 @@ fn main() {
     let store_flag = cli.store.as_deref();
     let result = match cli.cmd {
         Cmd::Mesos => std::process::exit(mesos::main(store_flag)),
-        Cmd::Pool(cmd) => {
+        // `-o yaml` is refused before any store is opened (or created).
+        Cmd::Pool(cmd) => cli.output.plain().and_then(|fmt| {
             let store = if cmd.creates_store() {
                 open(store_flag)
             } else {
                 open_existing(store_flag)
             };
-            store.and_then(|s| ops::pool(&*s, cmd, cli.output))
-        }
-        Cmd::Ipam(cmd) => open_existing(store_flag).and_then(|s| {
+            store.and_then(|s| ops::pool(&*s, cmd, fmt))
+        }),
+        Cmd::Policy(cmd) => policy::run(store_flag, cmd, cli.output),
+        Cmd::Ipam(cmd) => cli.output.plain().and_then(|fmt| {
             // `ipam check`: exit status 3 when it found problems, as explain.
-            ops::ipam(&*s, cmd, cli.output).map(|clean| {
+            ops::ipam(&*open_existing(store_flag)?, cmd, fmt).map(|clean| {
                 if !clean {
                     std::process::exit(3)
                 }
@@ -162,10 +168,13 @@ fn main() {
         }),
         Cmd::Bench { args } => exec_sibling("netmod-bench", None, args, store_flag),
         Cmd::Node(args) => node::run(store_flag, args),
-        Cmd::Endpoints => open_existing(store_flag).and_then(|s| show::endpoints(&*s, cli.output)),
-        Cmd::Explain { from, to, port } => open_existing(store_flag).and_then(|s| {
+        Cmd::Endpoints => cli
+            .output
+            .plain()
+            .and_then(|fmt| show::endpoints(&*open_existing(store_flag)?, fmt)),
+        Cmd::Explain { from, to, port } => cli.output.plain().and_then(|fmt| {
             // Exit status 0 when allowed, 3 when dropped: scripts can branch on it.
-            show::explain(&*s, &from, &to, port, cli.output).map(|allowed| {
+            show::explain(&*open_existing(store_flag)?, &from, &to, port, fmt).map(|allowed| {
                 if !allowed {
                     std::process::exit(3)
                 }

@@ -1,9 +1,36 @@
-//! Human tables by default, JSON for scripts (`-o json`).
+//! Human tables by default, JSON for scripts (`-o json`), and YAML where a
+//! resource has a file format of its own (`netmod policy get/list -o yaml`).
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+use crate::CliError;
+
+/// What most commands print: a table or JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Table,
     Json,
+}
+
+/// The global `-o` flag: `yaml` is for the policy commands only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputArg {
+    Table,
+    Json,
+    Yaml,
+}
+
+impl OutputArg {
+    /// The format of a command that prints tables or JSON only.
+    pub fn plain(self) -> Result<Format, CliError> {
+        match self {
+            OutputArg::Table => Ok(Format::Table),
+            OutputArg::Json => Ok(Format::Json),
+            OutputArg::Yaml => Err(CliError::Other(
+                "-o yaml is only for `netmod policy get` and `netmod policy list`; \
+                 use -o table or -o json"
+                    .into(),
+            )),
+        }
+    }
 }
 
 /// Print rows under a header, columns padded to their widest cell.

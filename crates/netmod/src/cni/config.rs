@@ -121,6 +121,63 @@ fn string_list(v: &Value, what: &str) -> Result<Vec<String>, CniError> {
     }
 }
 
+/// The label every CNI endpoint carries: the network's name (GC finds the
+/// network's endpoints by it, so no source of labels may set it).
+pub const NETWORK_LABEL: &str = "cni.network";
+
+/// Merge labels given as a list of `{"key", "value"}` objects (a missing or
+/// null value is "") or as an object of strings. Keys under
+/// `netgroup.netmod.io/` are refused: policy selectors read them as netgroup
+/// membership, which only netgroups may grant.
+fn merge_labels(
+    labels: &mut BTreeMap<String, String>,
+    v: &Value,
+    what: &str,
+) -> Result<(), CniError> {
+    let mut put = |k: &str, v: String| -> Result<(), CniError> {
+        if k.starts_with(netmod_core::labels::NETGROUP_LABEL_PREFIX) {
+            return Err(bad(format!(
+                "{what}: label {k:?} is reserved: keys under {} say which netgroups an endpoint is in; give netgroups with \"netgroups\" instead",
+                netmod_core::labels::NETGROUP_LABEL_PREFIX
+            )));
+        }
+        if k != NETWORK_LABEL {
+            labels.insert(k.to_string(), v);
+        }
+        Ok(())
+    };
+    match v {
+        Value::Null => {}
+        Value::Array(items) => {
+            for item in items {
+                match (item.get("key").and_then(Value::as_str), item.get("value")) {
+                    (Some(k), Some(Value::String(v))) => put(k, v.clone())?,
+                    (Some(k), None | Some(Value::Null)) => put(k, String::new())?,
+                    _ => {
+                        return Err(bad(format!(
+                            "each label of {what} must be {{\"key\": string, \"value\": string}}"
+                        )))
+                    }
+                }
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                let Value::String(v) = v else {
+                    return Err(bad(format!("{what}: label {k:?} must have a string value")));
+                };
+                put(k, v.clone())?;
+            }
+        }
+        _ => {
+            return Err(bad(format!(
+                "{what} must be a list of {{\"key\", \"value\"}} or an object of strings"
+            )))
+        }
+    }
+    Ok(())
+}
+
 fn opt_str<'a>(conf: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, CniError> {
     match conf.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -204,7 +261,6 @@ pub fn parse(stdin: &[u8], env: &Env) -> Result<NetConf, CniError> {
         "\"netgroups\"",
     )?;
     let mut labels = BTreeMap::new();
-    labels.insert("cni.network".to_string(), name.clone());
     let mesos = conf
         .get("args")
         .and_then(|a| a.get("org.apache.mesos"))
@@ -220,26 +276,37 @@ pub fn parse(stdin: &[u8], env: &Env) -> Result<NetConf, CniError> {
             "network_info.groups",
         )?);
         if let Some(items) = info.get("labels").and_then(|l| l.get("labels")) {
-            let Value::Array(items) = items else {
+            if !items.is_array() {
                 return Err(bad("network_info.labels.labels must be a list"));
-            };
-            for item in items {
-                match (item.get("key").and_then(Value::as_str), item.get("value")) {
-                    (Some(k), Some(Value::String(v))) => {
-                        labels.insert(k.to_string(), v.clone());
-                    }
-                    (Some(k), None | Some(Value::Null)) => {
-                        labels.insert(k.to_string(), String::new());
-                    }
-                    _ => {
-                        return Err(bad(
-                            "each network_info label must be {\"key\": string, \"value\": string}",
-                        ))
-                    }
-                }
             }
+            merge_labels(&mut labels, items, "network_info.labels.labels")?;
         }
     }
+    // Labels for policy selectors from the other places runtimes put them:
+    // `args.labels` and `args.cni.labels` (CNI's conventions), then
+    // `runtimeConfig.labels`; a later source wins for the same key.
+    let args = conf.get("args").filter(|a| !a.is_null());
+    if let Some(args) = args {
+        if !args.is_object() {
+            return Err(bad("\"args\" must be an object"));
+        }
+        if let Some(v) = args.get("labels") {
+            merge_labels(&mut labels, v, "args.labels")?;
+        }
+        if let Some(v) = args.get("cni").and_then(|c| c.get("labels")) {
+            merge_labels(&mut labels, v, "args.cni.labels")?;
+        }
+    }
+    if let Some(rc) = conf.get("runtimeConfig").filter(|rc| !rc.is_null()) {
+        if !rc.is_object() {
+            return Err(bad("\"runtimeConfig\" must be an object"));
+        }
+        if let Some(v) = rc.get("labels") {
+            merge_labels(&mut labels, v, "runtimeConfig.labels")?;
+        }
+    }
+    // The network's own label is netmod's: GC finds its endpoints by it.
+    labels.insert(NETWORK_LABEL.to_string(), name.clone());
     if sources.contains(&GroupSource::CniArgs) {
         if let Some(groups) = env.args.get("NETMOD_NETGROUPS") {
             netgroups.extend(
@@ -300,4 +367,131 @@ pub fn parse(stdin: &[u8], env: &Env) -> Result<NetConf, CniError> {
         labels,
         valid_attachments,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn env() -> Env {
+        Env::from_lookup(|_| None).unwrap()
+    }
+
+    fn labels_of(extra: Value) -> Result<BTreeMap<String, String>, CniError> {
+        let mut conf = json!({"cniVersion": "1.0.0", "name": "net1", "type": "netmod"});
+        for (k, v) in extra.as_object().unwrap() {
+            conf[k] = v.clone();
+        }
+        parse(conf.to_string().as_bytes(), &env()).map(|c| c.labels)
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn labels_from_args_and_runtime_config_merge_later_sources_winning() {
+        let got = labels_of(json!({
+            "args": {
+                "org.apache.mesos": {"network_info": {"name": "net1",
+                    "labels": {"labels": [{"key": "app", "value": "mesos"}, {"key": "m"}]}}},
+                "labels": [{"key": "app", "value": "args"}, {"key": "tier", "value": "web"}],
+                "cni": {"labels": [{"key": "conv", "value": "yes"}]}
+            },
+            "runtimeConfig": {"labels": {"tier": "db", "role": "database"}}
+        }))
+        .unwrap();
+        assert_eq!(
+            got,
+            map(&[
+                ("app", "args"),
+                ("cni.network", "net1"),
+                ("conv", "yes"),
+                ("m", ""),
+                ("role", "database"),
+                ("tier", "db"),
+            ])
+        );
+        // args.labels as an object, runtimeConfig.labels as a list.
+        let got = labels_of(json!({
+            "args": {"labels": {"role": "frontend"}},
+            "runtimeConfig": {"labels": [{"key": "zone", "value": "a"}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            got,
+            map(&[("cni.network", "net1"), ("role", "frontend"), ("zone", "a")])
+        );
+    }
+
+    #[test]
+    fn the_network_label_is_netmods_and_netgroup_labels_are_refused() {
+        let got = labels_of(json!({"args": {"labels": {"cni.network": "other"}},
+            "runtimeConfig": {"labels": {"cni.network": "other"}}}))
+        .unwrap();
+        assert_eq!(got, map(&[("cni.network", "net1")]));
+        let mesos = json!({"org.apache.mesos": {"network_info": {
+            "labels": {"labels": [{"key": "cni.network", "value": "x"}]}}}});
+        assert_eq!(
+            labels_of(json!({ "args": mesos })).unwrap(),
+            map(&[("cni.network", "net1")])
+        );
+        for extra in [
+            json!({"args": {"labels": {"netgroup.netmod.io/db": ""}}}),
+            json!({"runtimeConfig": {"labels": [{"key": "netgroup.netmod.io/db", "value": ""}]}}),
+            json!({"args": {"org.apache.mesos": {"network_info": {
+                "labels": {"labels": [{"key": "netgroup.netmod.io/db"}]}}}}}),
+        ] {
+            let e = labels_of(extra.clone()).unwrap_err();
+            assert_eq!(e.code, 7, "{extra}");
+            assert!(
+                e.msg.contains("netgroup.netmod.io/db") && e.msg.contains("reserved"),
+                "{}",
+                e.msg
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_labels_are_configuration_errors() {
+        for (extra, words) in [
+            (
+                json!({"args": {"labels": "app=x"}}),
+                "args.labels must be a list",
+            ),
+            (
+                json!({"args": {"labels": [{"value": "x"}]}}),
+                "each label of args.labels",
+            ),
+            (
+                json!({"args": {"labels": [{"key": "a", "value": 3}]}}),
+                "each label of args.labels",
+            ),
+            (
+                json!({"runtimeConfig": {"labels": {"a": 1}}}),
+                "runtimeConfig.labels: label \"a\" must have a string value",
+            ),
+            (
+                json!({"runtimeConfig": {"labels": true}}),
+                "runtimeConfig.labels must be",
+            ),
+            (json!({"args": []}), "\"args\" must be an object"),
+            (
+                json!({"runtimeConfig": 1}),
+                "\"runtimeConfig\" must be an object",
+            ),
+        ] {
+            let e = labels_of(extra.clone()).unwrap_err();
+            assert_eq!(e.code, 7, "{extra}");
+            assert!(e.msg.contains(words), "{extra}: {}", e.msg);
+        }
+        assert_eq!(
+            labels_of(json!({"args": null, "runtimeConfig": {"labels": null}})).unwrap(),
+            map(&[("cni.network", "net1")])
+        );
+    }
 }
