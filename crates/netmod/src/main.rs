@@ -4,6 +4,8 @@
 //! into the caller's format and a non-zero exit status in one place.
 
 mod cni;
+#[cfg(test)]
+mod fuzz;
 mod mesos;
 mod node;
 mod ops;
