@@ -109,6 +109,27 @@ pub fn attach(store: &dyn Store, req: &AttachRequest) -> Result<Endpoint, StepEr
     Ok(ep)
 }
 
+/// Delete an endpoint's record. When its allocation was released already
+/// (its handle holds nothing, as after net-modules' `release`), the
+/// addresses' quarantine starts again in the same transaction, so that it
+/// counts from after every host has applied the removal. Returns whether it
+/// did; the caller releases a handle that still holds the addresses.
+pub fn forget_record(store: &dyn Store, ep: &Endpoint) -> Result<bool, crate::CoreError> {
+    let ipam = netmod_ipam::Ipam::new(store);
+    let ops = Registry::new(store).delete_endpoint_ops(ep)?;
+    let released_before = match &ep.handle {
+        Some(handle) => ipam.handle(handle)?.is_none(),
+        None => true,
+    };
+    if released_before {
+        let addrs: Vec<IpAddr> = ep.addrs().collect();
+        ipam.restart_quarantine_with(&addrs, &ops)?;
+    } else {
+        store.txn(&[], &ops)?;
+    }
+    Ok(released_before)
+}
+
 /// Everything `detach` did not manage to undo (empty: all gone).
 pub type Leftovers = Vec<String>;
 
@@ -119,6 +140,25 @@ pub fn detach(
     host: &str,
     container_id: &str,
     iface: &str,
+) -> Result<Option<Endpoint>, Leftovers> {
+    detach_then(store, host, container_id, iface, &|_, ops| {
+        store.txn(&[], &ops).map(|_| ()).map_err(|e| e.to_string())
+    })
+}
+
+/// Commits the operations that remove an endpoint's record (see `detach_then`).
+pub type ForgetRecord<'a> = dyn Fn(&Endpoint, Vec<netmod_store::Op>) -> Result<(), String> + 'a;
+
+/// `detach`, with the last step, the removal of the endpoint's record, left
+/// to `forget`: it gets the endpoint and the store operations that remove
+/// its record and commits them, together with whatever else must happen in
+/// the same transaction (a door restarting the addresses' quarantine).
+pub fn detach_then(
+    store: &dyn Store,
+    host: &str,
+    container_id: &str,
+    iface: &str,
+    forget: &ForgetRecord<'_>,
 ) -> Result<Option<Endpoint>, Leftovers> {
     let registry = Registry::new(store);
     let mut errors = Vec::new();
@@ -148,7 +188,11 @@ pub fn detach(
         }
     }
     if let Some(ep) = &ep {
-        if let Err(e) = registry.delete_endpoint(ep) {
+        let forgotten = registry
+            .delete_endpoint_ops(ep)
+            .map_err(|e| e.to_string())
+            .and_then(|ops| forget(ep, ops));
+        if let Err(e) = forgotten {
             errors.push(format!("deleting the endpoint record: {e}"));
         }
     }

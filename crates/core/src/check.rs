@@ -18,7 +18,7 @@
 //! in progress), and every repair checks again, after a pause, that what it
 //! is about to change is still as it was found.
 
-use crate::registry::{Registry, ENDPOINTS};
+use crate::registry::ENDPOINTS;
 use crate::CoreError;
 use netmod_dataplane as dp;
 use netmod_ipam::{HandleRecord, Ipam, IpamError};
@@ -343,7 +343,6 @@ fn repair(
             }
         }
     }
-    let registry = Registry::new(store);
     for (i, key, rev) in gone_links {
         let Some(kv) = store.get(key)? else {
             done(*i, "gone meanwhile".into(), true);
@@ -361,7 +360,7 @@ fn repair(
             );
             continue;
         }
-        if let Err(e) = registry.delete_endpoint(ep) {
+        if let Err(e) = crate::attach::forget_record(store, ep) {
             done(*i, format!("deleting the record failed: {e}"), false);
             continue;
         }

@@ -414,14 +414,13 @@ impl Node {
             }
         }
         self.missing_links = still_missing;
-        let registry = EndpointRegistry::new(&*self.store);
         for ep in stale {
             log(format!(
                 "removing the record of {} ({}): its interface {} has been gone for {:?} or more",
                 ep.container_id, ep.host, ep.iface, self.stale_grace
             ));
-            registry.delete_endpoint(&ep)?;
-            if let Some(handle) = &ep.handle {
+            let requarantined = crate::attach::forget_record(&*self.store, &ep)?;
+            if let (false, Some(handle)) = (requarantined, &ep.handle) {
                 match Ipam::new(&*self.store).release_handle(handle) {
                     Ok(_) | Err(netmod_ipam::IpamError::UnknownHandle(_)) => {}
                     Err(e) => log(format!("releasing {handle}: {e}")),

@@ -110,6 +110,14 @@ impl<'a> Registry<'a> {
     /// Remove an endpoint record and its indexes (only index entries that still
     /// point at this endpoint).
     pub fn delete_endpoint(&self, ep: &Endpoint) -> Result<(), StoreError> {
+        let ops = self.delete_endpoint_ops(ep)?;
+        self.store.txn(&[], &ops)?;
+        Ok(())
+    }
+
+    /// The operations that remove an endpoint record and its indexes, for a
+    /// caller that commits them together with its own (see `attach::detach_then`).
+    pub fn delete_endpoint_ops(&self, ep: &Endpoint) -> Result<Vec<Op>, StoreError> {
         let key = endpoint_key(&ep.host, &ep.container_id, &ep.container_iface);
         let mut ops = vec![Op::delete(&key)];
         for a in ep.addrs() {
@@ -122,8 +130,7 @@ impl<'a> Registry<'a> {
                 ops.push(Op::delete(member_key(g, &a)));
             }
         }
-        self.store.txn(&[], &ops)?;
-        Ok(())
+        Ok(ops)
     }
 
     pub fn endpoint(

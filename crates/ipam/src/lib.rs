@@ -650,7 +650,14 @@ impl<'a> Ipam<'a> {
     /// apply the removal itself before the addresses go to anyone else.
     /// Addresses held, free, or outside every pool are left alone.
     pub fn restart_quarantine(&self, addrs: &[IpAddr]) -> Result<usize> {
-        self.run(|plan| {
+        self.restart_quarantine_with(addrs, &[])
+    }
+
+    /// `restart_quarantine`, committed in one transaction with `extra` (the
+    /// deletion of the endpoint record that held the addresses): a crash can
+    /// never leave the record gone and the quarantine not restarted.
+    pub fn restart_quarantine_with(&self, addrs: &[IpAddr], extra: &[Op]) -> Result<usize> {
+        self.run_with(extra, |plan| {
             let mut n = 0;
             for addr in addrs {
                 if plan.restart_quarantine(*addr)? {
@@ -838,7 +845,12 @@ impl<'a> Ipam<'a> {
         Ok(snap)
     }
 
-    fn run<T>(&self, mut f: impl FnMut(&mut Plan) -> Result<T>) -> Result<T> {
+    fn run<T>(&self, f: impl FnMut(&mut Plan) -> Result<T>) -> Result<T> {
+        self.run_with(&[], f)
+    }
+
+    /// `run`, with `extra` operations committed in the same transaction.
+    fn run_with<T>(&self, extra: &[Op], mut f: impl FnMut(&mut Plan) -> Result<T>) -> Result<T> {
         for attempt in 0..MAX_ATTEMPTS {
             let snap = self.pool_snapshot()?;
             let mut plan = Plan::new(self.store, &snap);
@@ -855,7 +867,8 @@ impl<'a> Ipam<'a> {
                     return Err(e);
                 }
             };
-            let (mut compares, ops) = plan.into_txn();
+            let (mut compares, mut ops) = plan.into_txn();
+            ops.extend(extra.iter().cloned());
             if ops.is_empty() {
                 return Ok(value);
             }

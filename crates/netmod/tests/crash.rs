@@ -1244,14 +1244,7 @@ impl Crash {
                  {}, killed after {delay:?})",
                 l.addr, out.status
             );
-            if QUARANTINE_STRICT {
-                panic!("{msg}");
-            }
-            eprintln!("FINDING: {msg}");
-            self.counts
-                .entry(Kind::Cleanup)
-                .or_default()
-                .quarantine_early += 1;
+            panic!("{msg}");
         }
         format!(
             "release first: {release_first}; kill after {delay:?}: {}; before {pre:?}, after the kill {seen:?}",
@@ -1477,14 +1470,6 @@ impl Crash {
         }
     }
 }
-
-/// Whether a cleanup whose address is in quarantine since before its record
-/// was deleted fails the test. `netmod mesos cleanup` restarts the
-/// quarantine only when it finds the record, so a cleanup killed after
-/// deleting the record and before restarting the quarantine is retried
-/// without it (bench/results/robustness.md, findings): counted and reported
-/// until that is fixed, then this becomes `true`.
-const QUARANTINE_STRICT: bool = false;
 
 /// The revision at which `key` was deleted, after revision `after`.
 fn deleted_at(path: &std::path::Path, key: &str, after: i64) -> Option<i64> {

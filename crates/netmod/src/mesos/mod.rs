@@ -3,7 +3,7 @@
 
 pub mod protocol;
 
-use netmod_core::attach::{attach, detach, AttachRequest};
+use netmod_core::attach::{attach, detach_then, AttachRequest};
 use netmod_ipam::{AllocRequest, Ipam};
 use netmod_model::AllocAttrs;
 use protocol::{Invalid, Release, Request};
@@ -125,27 +125,36 @@ fn execute(store: &dyn netmod_store::Store, req: Request) -> Result<Value, Strin
             Ok(json!({}))
         }
         Request::Cleanup(c) => {
-            let ep = detach(store, &c.hostname, &c.container_id, "eth0")
+            // The module sends `release` before `cleanup`: then the addresses'
+            // quarantine started before the endpoint left the hosts' sets. It
+            // starts again in the very transaction that deletes the record,
+            // so that every host applies the removal first, and a cleanup
+            // killed at any point leaves either both done or neither.
+            let forget = |ep: &netmod_model::Endpoint, ops: Vec<netmod_store::Op>| {
+                let released_before = match &ep.handle {
+                    Some(handle) => ipam.handle(handle).map_err(|e| e.to_string())?.is_none(),
+                    None => true,
+                };
+                if released_before {
+                    let addrs: Vec<IpAddr> = ep.addrs().collect();
+                    ipam.restart_quarantine_with(&addrs, &ops)
+                        .map(|_| ())
+                        .map_err(|e| format!("quarantining {addrs:?} again: {e}"))
+                } else {
+                    store.txn(&[], &ops).map(|_| ()).map_err(|e| e.to_string())
+                }
+            };
+            let ep = detach_then(store, &c.hostname, &c.container_id, "eth0", &forget)
                 .map_err(|errs| format!("cleanup incomplete: {}", errs.join("; ")))?;
             let Some(ep) = ep else {
                 return Ok(json!({}));
             };
             // Release what the container's handle still holds, unless `release` came first.
-            let released_before = match &ep.handle {
-                Some(handle) => match ipam.release_handle(handle) {
-                    Ok(_) => false,
-                    Err(netmod_ipam::IpamError::UnknownHandle(_)) => true,
+            if let Some(handle) = &ep.handle {
+                match ipam.release_handle(handle) {
+                    Ok(_) | Err(netmod_ipam::IpamError::UnknownHandle(_)) => {}
                     Err(e) => return Err(format!("cleanup could not release {handle}: {e}")),
-                },
-                None => true,
-            };
-            // The module sends `release` before `cleanup`: then the addresses'
-            // quarantine started before the endpoint left the hosts' sets, and
-            // starts again now, so that every host applies the removal first.
-            if released_before {
-                let addrs: Vec<IpAddr> = ep.addrs().collect();
-                ipam.restart_quarantine(&addrs)
-                    .map_err(|e| format!("cleanup could not quarantine {addrs:?} again: {e}"))?;
+                }
             }
             Ok(json!({}))
         }
