@@ -4,7 +4,7 @@
 use crate::registry::Registry;
 use crate::CoreError;
 use netmod_model::{Endpoint, Host};
-use netmod_policy::{explain, Hop, Packet};
+use netmod_policy::{explain, Hop, Packet, L4};
 use netmod_store::Store;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -38,6 +38,7 @@ fn match_family(side: &mut Party, other: &Party, eps: &[Endpoint], hosts: &BTree
                 *addr = a;
             }
         }
+        Party::External { .. } => {}
         Party::Host { host, addr } => {
             if let Some(a) = hosts.get(host.as_str()).and_then(|h| {
                 [Some(h.ip), h.ipv6]
@@ -64,7 +65,70 @@ fn answers_to(e: &Endpoint, what: &str) -> bool {
         })
 }
 
-/// One side of the question: an endpoint, or a host's own address.
+/// The source port explained packets come from (an ephemeral port).
+pub const EXPLAIN_SOURCE_PORT: u16 = 40000;
+
+/// Reads `--port`: `6379/tcp` (`/udp`, `/sctp`, `/udplite`; a bare number
+/// is TCP), `icmp[/TYPE[/CODE]]` or `icmpv6[/TYPE[/CODE]]` (echo request
+/// when no type is given).
+pub fn parse_port(text: &str) -> Result<L4, CoreError> {
+    let bad = |why: &str| {
+        CoreError::Other(format!(
+            "--port {text:?}: {why} (expected PORT[/tcp|udp|sctp|udplite], icmp[/TYPE[/CODE]] or icmpv6[/TYPE[/CODE]])"
+        ))
+    };
+    let lower = text.trim().to_ascii_lowercase();
+    let mut parts = lower.split('/');
+    let head = parts.next().unwrap_or_default();
+    let rest: Vec<&str> = parts.collect();
+    let number = |s: &str, what: &str, max: u32| -> Result<u32, CoreError> {
+        match s.parse::<u32>() {
+            Ok(n) if n <= max => Ok(n),
+            _ => Err(bad(&format!(
+                "{what} {s:?} is not a number from 0 to {max}"
+            ))),
+        }
+    };
+    if head == "icmp" || head == "icmpv6" {
+        let (proto, echo) = if head == "icmp" { (1, 8) } else { (58, 128) };
+        if rest.len() > 2 {
+            return Err(bad("too many parts"));
+        }
+        let icmp_type = match rest.first() {
+            Some(t) => number(t, "ICMP type", 255)? as u8,
+            None => echo,
+        };
+        let code = match rest.get(1) {
+            Some(c) => number(c, "ICMP code", 255)? as u8,
+            None => 0,
+        };
+        return Ok(L4::Icmp {
+            proto,
+            icmp_type,
+            code,
+        });
+    }
+    let port = number(head, "port", 65535)? as u16;
+    if port == 0 {
+        return Err(bad("port 0 is not a destination"));
+    }
+    let proto = match rest.as_slice() {
+        [] | ["tcp"] => 6,
+        ["udp"] => 17,
+        ["sctp"] => 132,
+        ["udplite"] => 136,
+        [other] => return Err(bad(&format!("unknown protocol {other:?}"))),
+        _ => return Err(bad("too many parts")),
+    };
+    Ok(L4::Ports {
+        proto,
+        sport: EXPLAIN_SOURCE_PORT,
+        dport: port,
+    })
+}
+
+/// One side of the question: an endpoint, a host's own address, or an
+/// address outside the cluster.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Party {
@@ -78,17 +142,25 @@ pub enum Party {
         host: String,
         addr: IpAddr,
     },
+    /// Neither an endpoint nor a host: outside the cluster (a CIDR stands
+    /// for its first address).
+    External {
+        addr: IpAddr,
+    },
 }
 
 impl Party {
     fn host(&self) -> &str {
         match self {
             Party::Endpoint { host, .. } | Party::Host { host, .. } => host,
+            Party::External { .. } => "",
         }
     }
     fn addr(&self) -> IpAddr {
         match self {
-            Party::Endpoint { addr, .. } | Party::Host { addr, .. } => *addr,
+            Party::Endpoint { addr, .. } | Party::Host { addr, .. } | Party::External { addr } => {
+                *addr
+            }
         }
     }
 }
@@ -138,8 +210,12 @@ fn resolve(
             addr: h.ip,
         });
     }
+    // An address or network of no endpoint and no host: outside the cluster.
+    if let Some(addr) = ip.or_else(|| what.parse::<ipnet::IpNet>().ok().map(|n| n.network())) {
+        return Ok(Party::External { addr });
+    }
     Err(CoreError::Other(format!(
-        "no endpoint or host {what:?} (try a container id, an address, a task name or a host name; `netmod endpoints` lists them)"
+        "no endpoint or host {what:?} (try a container id, an address, a CIDR, a task name or a host name; `netmod endpoints` lists them)"
     )))
 }
 
@@ -166,10 +242,16 @@ pub fn explain_path(
     to: &str,
     port: Option<String>,
 ) -> Result<Verdict, CoreError> {
+    let l4 = match &port {
+        Some(p) => parse_port(p)?,
+        None => L4::Unknown,
+    };
     let registry = Registry::new(store);
     let hosts = registry.hosts()?;
     let all = registry.endpoints()?;
-    let given_as_ip = |what: &str| what.parse::<IpAddr>().is_ok();
+    let policies = crate::policies::list(store)?;
+    let given_as_ip =
+        |what: &str| what.parse::<IpAddr>().is_ok() || what.parse::<ipnet::IpNet>().is_ok();
     let (from_ip, to_ip) = (given_as_ip(from), given_as_ip(to));
     let mut from = resolve(from, &all, &hosts)?;
     let mut to = resolve(to, &all, &hosts)?;
@@ -187,7 +269,12 @@ pub fn explain_path(
             .filter(|e| e.host == host || hosts.contains_key(&e.host))
             .cloned()
             .collect();
-        netmod_policy::ruleset(host, &live)
+        netmod_policy::ruleset_with_policies(
+            host,
+            &live,
+            &policies,
+            &crate::labels::endpoint_labels,
+        )
     };
     let (saddr, daddr) = (from.addr(), to.addr());
     // A packet through one host's forward hook, judged by that host's rules.
@@ -201,6 +288,7 @@ pub fn explain_path(
                 oif,
                 saddr,
                 daddr,
+                l4,
             },
         ),
     };
@@ -213,13 +301,18 @@ pub fn explain_path(
             chain: "-".into(),
             rule: None,
             reason: format!("host profile default_{host}: {reason}"),
+            trail: Vec::new(),
         },
     };
     let mut hops = Vec::new();
     match (&from, &to) {
-        (Party::Host { .. }, Party::Host { .. }) => {
+        (
+            Party::Host { .. } | Party::External { .. },
+            Party::Host { .. } | Party::External { .. },
+        ) => {
             return Err(CoreError::Other(
-                "both ends are hosts: netmod does not filter host-to-host traffic".into(),
+                "neither end is an endpoint: netmod filters only traffic to and from endpoints"
+                    .into(),
             ))
         }
         (Party::Host { host: fh, .. }, Party::Endpoint { host, .. }) if fh == host => {
@@ -238,7 +331,7 @@ pub fn explain_path(
                 hops.push(forward(host, iface.clone(), oif));
             }
             if let Party::Endpoint { host, iface, .. } = &to {
-                if !same_host || matches!(from, Party::Host { .. }) {
+                if !same_host || !matches!(from, Party::Endpoint { .. }) {
                     hops.push(forward(host, UPLINK.into(), iface.clone()));
                 }
             }
@@ -260,6 +353,11 @@ pub fn explain_path(
         decisive.host,
         decisive.decision.reason
     );
+    let summary = if port.is_none() && !policies.is_empty() {
+        format!("{summary} (no --port: policy rules that name a protocol, ports or ICMP types did not match)")
+    } else {
+        summary
+    };
     Ok(Verdict {
         from,
         to,
@@ -272,7 +370,43 @@ pub fn explain_path(
 
 #[cfg(test)]
 mod tests {
-    use super::answers_to;
+    use super::{answers_to, parse_port, EXPLAIN_SOURCE_PORT};
+    use netmod_policy::L4;
+
+    #[test]
+    fn ports_protocols_and_icmp_types_are_read_and_junk_refused() {
+        let ports = |proto, dport| L4::Ports {
+            proto,
+            sport: EXPLAIN_SOURCE_PORT,
+            dport,
+        };
+        assert_eq!(parse_port("6379/tcp").unwrap(), ports(6, 6379));
+        assert_eq!(parse_port("6379").unwrap(), ports(6, 6379));
+        assert_eq!(parse_port("53/UDP").unwrap(), ports(17, 53));
+        assert_eq!(parse_port("9/sctp").unwrap(), ports(132, 9));
+        let icmp = |proto, icmp_type, code| L4::Icmp {
+            proto,
+            icmp_type,
+            code,
+        };
+        assert_eq!(parse_port("icmp").unwrap(), icmp(1, 8, 0));
+        assert_eq!(parse_port("icmp/3/1").unwrap(), icmp(1, 3, 1));
+        assert_eq!(parse_port("icmpv6").unwrap(), icmp(58, 128, 0));
+        for junk in [
+            "",
+            "tcp",
+            "0/tcp",
+            "70000/tcp",
+            "80/xyz",
+            "80/tcp/1",
+            "icmp/300",
+            "icmp/1/2/3",
+            "-1",
+        ] {
+            let e = parse_port(junk).unwrap_err().to_string();
+            assert!(e.contains("--port"), "{junk}: {e}");
+        }
+    }
     use netmod_model::Endpoint;
 
     fn labelled(pairs: &[(&str, &str)]) -> Endpoint {

@@ -6,6 +6,7 @@
 use crate::registry::{Registry as EndpointRegistry, ENDPOINTS, HOSTS};
 use crate::CoreError;
 use ipnet::IpNet;
+use netmod_calico::GlobalNetworkPolicy;
 use netmod_dataplane as dp;
 use netmod_ipam::Ipam;
 use netmod_model::nft::Ruleset;
@@ -173,6 +174,7 @@ pub fn run(store: Arc<dyn Store>, config: NodeConfig) -> Result<(), CoreError> {
         store,
         metrics,
         applied: None,
+        policies: Vec::new(),
         endpoints: BTreeMap::new(),
         hosts: BTreeMap::new(),
         revision: 0,
@@ -258,6 +260,8 @@ struct Node {
     metrics: Arc<Metrics>,
     /// What we last put in the kernel (None: unknown, replace everything).
     applied: Option<Ruleset>,
+    /// Every stored policy, in Calico's order.
+    policies: Vec<GlobalNetworkPolicy>,
     endpoints: BTreeMap<String, Endpoint>,
     hosts: BTreeMap<String, Host>,
     revision: Revision,
@@ -273,6 +277,10 @@ impl Node {
         let (kvs, rev) = self.store.range(ENDPOINTS)?;
         self.endpoints = decode_records(&kvs, &self.metrics);
         self.hosts = EndpointRegistry::new(&*self.store).hosts()?;
+        // Policies that changed since the last look (at start: all of them,
+        // as nothing is known of what the kernel enforced before) cut the
+        // tracked flows of the local endpoints they select.
+        self.reload_policies()?;
         self.revision = rev;
         self.metrics.resyncs.inc();
         // An interface any record names is never ours to remove. One that a
@@ -317,8 +325,8 @@ impl Node {
             self.actual(&desired)?
         };
         match actual {
-            Some(actual) if netmod_policy::has_stale_sets(&actual, &desired) => {
-                log("resync: sets of netgroups that left this host: installing the netmod table");
+            Some(actual) if netmod_policy::needs_replace(&actual, &desired) => {
+                log("resync: sets no longer wanted: installing the netmod table");
                 dp::nft_replace_all(&desired)?;
             }
             Some(actual) => {
@@ -450,7 +458,52 @@ impl Node {
     }
 
     fn desired(&self) -> Ruleset {
-        netmod_policy::ruleset(&self.hostname, &self.live_endpoints())
+        netmod_policy::ruleset_with_policies(
+            &self.hostname,
+            &self.live_endpoints(),
+            &self.policies,
+            &crate::labels::endpoint_labels,
+        )
+    }
+
+    /// Re-read the policies; the addresses of local endpoints that a policy
+    /// that came, went or changed selects (before or after) join the flows
+    /// to forget, so that their next packet is judged as new: allowed flows
+    /// carry on (conntrack picks TCP up mid-stream), forbidden ones stop.
+    fn reload_policies(&mut self) -> Result<(), StoreError> {
+        let new = match crate::policies::list(&*self.store) {
+            Ok(p) => p,
+            Err(CoreError::Store(e)) => return Err(e),
+            Err(e) => {
+                log(format!("reading policies: {e}"));
+                return Ok(());
+            }
+        };
+        let by_name = |list: &[GlobalNetworkPolicy]| -> BTreeMap<String, GlobalNetworkPolicy> {
+            list.iter().map(|p| (p.name.clone(), p.clone())).collect()
+        };
+        let (old, now) = (by_name(&self.policies), by_name(&new));
+        let mut changed: Vec<&GlobalNetworkPolicy> = Vec::new();
+        for (name, p) in &old {
+            if now.get(name) != Some(p) {
+                changed.push(p);
+            }
+        }
+        for (name, p) in &now {
+            if old.get(name) != Some(p) {
+                changed.push(p);
+            }
+        }
+        let mut cut = BTreeSet::new();
+        for ep in self.local() {
+            let labels = crate::labels::endpoint_labels(ep);
+            if changed.iter().any(|p| p.selector.matches(&labels)) {
+                cut.extend(ep.addrs());
+            }
+        }
+        self.forget_flows.extend(cut);
+        self.policies = new;
+        Ok(())
     }
 
     /// Apply the changes since the last revision seen.
@@ -460,6 +513,7 @@ impl Node {
             return Ok(());
         }
         let mut relevant = false;
+        let mut policies_changed = false;
         let mut beyond_host_records = false;
         for ev in &events {
             self.revision = self.revision.max(ev.revision());
@@ -489,12 +543,18 @@ impl Node {
                         }
                     }
                 }
+            } else if key.starts_with(crate::policies::POLICIES) {
+                relevant = true;
+                policies_changed = true;
             } else if key.starts_with(HOSTS) || key.starts_with("ipam/affinity") {
                 relevant = true;
                 if key.starts_with(HOSTS) {
                     self.hosts = EndpointRegistry::new(&*self.store).hosts()?;
                 }
             }
+        }
+        if policies_changed {
+            self.reload_policies()?;
         }
         if relevant {
             let started = Instant::now();
@@ -542,10 +602,11 @@ impl Node {
     fn apply_increment(&mut self) -> Result<(), CoreError> {
         let desired = self.desired();
         match &self.applied {
-            // A netgroup left this host: its set and rule go with a whole,
-            // atomic install (a diff only ever adds rules).
-            Some(applied) if netmod_policy::has_stale_sets(applied, &desired) => {
-                log("a netgroup left this host: installing the netmod table");
+            // A netgroup left this host, or a policy came, went or changed:
+            // its sets, chains and rules go with a whole, atomic install (a
+            // diff only ever adds netgroup rules and changes elements).
+            Some(applied) if netmod_policy::needs_replace(applied, &desired) => {
+                log("netgroups or policies changed: installing the netmod table");
                 dp::nft_replace_all(&desired)?;
             }
             Some(applied) => {

@@ -208,6 +208,265 @@ fn replace_all_matches_what_nft_makes_of_the_same_ruleset() {
     );
 }
 
+/// Every match and verdict a compiled policy uses, in one chain.
+fn policy_ruleset() -> Ruleset {
+    let mut rs = sample_ruleset(&["10.251.0.5", "fd4e:6d74::6"]);
+    let net = |s: &str, source, negate| Match::AddrInNet {
+        source,
+        net: s.parse().unwrap(),
+        negate,
+    };
+    let port = |first, last, source, negate| Match::Port {
+        source,
+        first,
+        last,
+        negate,
+    };
+    let icmp = |family, icmp_type, code, negate| Match::Icmp {
+        family,
+        icmp_type,
+        code,
+        negate,
+    };
+    let tcp = Match::L4Proto {
+        proto: 6,
+        negate: false,
+    };
+    let rules = vec![
+        rule(
+            vec![Match::AddrNotIn {
+                source: false,
+                set: "g_web_v4".into(),
+                family: Family::V4,
+            }],
+            Verdict::Return,
+            "policy p: not selected",
+        ),
+        rule(
+            vec![
+                tcp.clone(),
+                port(6379, 6379, false, false),
+                Match::SaddrIn {
+                    set: "public_v4".into(),
+                    family: Family::V4,
+                },
+            ],
+            Verdict::Accept,
+            "policy p ingress[0]",
+        ),
+        rule(
+            vec![
+                Match::L4Proto {
+                    proto: 17,
+                    negate: true,
+                },
+                port(1000, 2000, false, false),
+                port(5, 6, true, true),
+                port(53, 53, true, true),
+            ],
+            Verdict::Drop,
+            "ranges",
+        ),
+        rule(
+            vec![icmp(Family::V4, 8, Some(0), false)],
+            Verdict::Accept,
+            "",
+        ),
+        rule(
+            vec![icmp(Family::V4, 8, Some(3), true)],
+            Verdict::Accept,
+            "",
+        ),
+        rule(vec![icmp(Family::V6, 128, None, true)], Verdict::Accept, ""),
+        rule(
+            vec![
+                net("10.0.0.0/8", true, false),
+                net("192.168.0.0/23", false, true),
+                net("10.1.2.3/32", false, false),
+            ],
+            Verdict::Accept,
+            "",
+        ),
+        rule(
+            vec![
+                net("fd00:1:2::/60", true, false),
+                net("fd00::/8", false, true),
+            ],
+            Verdict::Drop,
+            "",
+        ),
+        rule(
+            vec![Match::NfProto(Family::V6)],
+            Verdict::Goto("sub".into()),
+            "",
+        ),
+        rule(
+            vec![
+                Match::Limit { per_second: 10 },
+                Match::Log {
+                    prefix: "netmod p ingress[1]: ".into(),
+                    group: 7,
+                },
+            ],
+            Verdict::Continue,
+            "policy p ingress[1]",
+        ),
+        rule(vec![], Verdict::Jump("sub".into()), ""),
+    ];
+    rs.chains.push(ChainDef {
+        name: "pol".into(),
+        hook: None,
+        rules,
+    });
+    rs.chains.push(ChainDef {
+        name: "sub".into(),
+        hook: None,
+        rules: vec![rule(vec![], Verdict::Return, "")],
+    });
+    rs
+}
+
+/// The bytecode nft prints for the table (`--debug=netlink`), without handles.
+fn bytecode(ns: &TestNs) -> String {
+    let out = ns.exec(&["nft", "--debug=netlink", "list", "table", "inet", "netmod"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim_start().starts_with('['))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn policy_matches_are_what_nft_makes_of_the_same_rules() {
+    if !prerequisites() {
+        return;
+    }
+    let rs = policy_ruleset();
+    let (ours, reference) = (TestNs::new(), TestNs::new());
+    ours.run(|| dp::nft_replace_all(&rs)).expect("replace_all");
+    let file = std::env::temp_dir().join(format!("{}.nft", reference.name));
+    std::fs::write(&file, rs.to_string()).unwrap();
+    let out = reference.exec(&["nft", "-f", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{rs}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (ours.nft_json().unwrap(), reference.nft_json().unwrap());
+    assert_eq!(normalize(a), normalize(b));
+    assert_eq!(bytecode(&ours), bytecode(&reference));
+}
+
+/// A host's table as the policy compiler makes it from Calico policies
+/// (every kind of rule criterion), installed by us and by `nft -f`.
+#[test]
+fn compiled_policies_are_what_nft_makes_of_them() {
+    if !prerequisites() {
+        return;
+    }
+    let policies = netmod_calico::parse_policies(
+        "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: allow-tcp-6379
+spec:
+  selector: role == 'database'
+  types: [Ingress, Egress]
+  ingress:
+    - action: Allow
+      protocol: TCP
+      source:
+        selector: role == 'frontend'
+      destination:
+        ports: [6379]
+  egress:
+    - action: Allow
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: web.front
+spec:
+  order: 5
+  selector: has(role) && role != 'database'
+  ingress:
+    - action: Log
+      protocol: TCP
+    - action: Deny
+      source:
+        nets: [10.9.0.0/16, 10.9.1.0/24, 10.20.0.0/15]
+        notNets: [10.9.3.0/25]
+    - action: Pass
+      protocol: UDP
+      destination:
+        ports: [53, '1000:2000']
+      source:
+        notPorts: ['1:1023']
+    - action: Allow
+      protocol: TCP
+      source:
+        notSelector: role == 'web'
+    - action: Allow
+      protocol: ICMP
+      icmp: {type: 8, code: 0}
+    - action: Deny
+      protocol: ICMPv6
+      notICMP: {type: 128, code: 0}
+    - action: Allow
+      notProtocol: 17
+      ipVersion: 6
+      destination:
+        nets: ['fd00:1::/63']
+  egress:
+    - action: Deny
+      protocol: TCP
+      destination:
+        ports: [25]
+",
+    )
+    .expect("policies");
+    let ep = |id: &str, ip: &str, role: &str| netmod_model::Endpoint {
+        host: "h1".into(),
+        container_id: id.into(),
+        iface: netmod_model::host_iface_name(id, "eth0"),
+        container_iface: "eth0".into(),
+        mac: String::new(),
+        ipv4: vec![ip.parse().unwrap()],
+        ipv6: vec![],
+        netgroups: vec!["shop".into()],
+        labels: [("role".to_string(), role.to_string())].into(),
+        netns: String::new(),
+        source: "cni".into(),
+        handle: None,
+    };
+    let eps = [
+        ep("db", "10.251.0.1", "database"),
+        ep("fe", "10.251.0.2", "frontend"),
+        ep("web", "10.251.0.3", "web"),
+    ];
+    let rs = netmod_policy::ruleset_with_policies("h1", &eps, &policies, &|e| e.labels.clone());
+    let (ours, reference) = (TestNs::new(), TestNs::new());
+    ours.run(|| dp::nft_replace_all(&rs)).expect("replace_all");
+    let file = std::env::temp_dir().join(format!("{}.nft", reference.name));
+    std::fs::write(&file, rs.to_string()).unwrap();
+    let out = reference.exec(&["nft", "-f", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{rs}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (ours.nft_json().unwrap(), reference.nft_json().unwrap());
+    assert_eq!(normalize(a), normalize(b));
+    assert_eq!(bytecode(&ours), bytecode(&reference));
+}
+
 #[test]
 fn replace_all_replaces_the_previous_table_whole() {
     if !prerequisites() {

@@ -71,7 +71,50 @@ pub enum Match {
     SaddrIn { set: String, family: Family },
     /// `ip daddr @set` / `ip6 daddr @set`
     DaddrIn { set: String, family: Family },
+    /// `ip saddr != @set` (`source`) / `ip daddr != @set`: also true for
+    /// addresses of no set at all (outside the cluster), never for packets
+    /// of the other family.
+    AddrNotIn {
+        source: bool,
+        set: String,
+        family: Family,
+    },
+    /// `meta nfproto ipv4` / `meta nfproto ipv6`
+    NfProto(Family),
+    /// `meta l4proto N` / `meta l4proto != N`
+    L4Proto { proto: u8, negate: bool },
+    /// `th dport 80`, `th sport 1000-2000`, `th dport != 80`: the transport
+    /// header's port (TCP, UDP, SCTP, UDPLite keep it at the same offset).
+    Port {
+        source: bool,
+        first: u16,
+        last: u16,
+        negate: bool,
+    },
+    /// `icmp type T` / `icmp type != T`, or with a code `icmp type T icmp
+    /// code C` / `icmp type T icmp code != C` (negate applies to the code
+    /// then); `icmpv6 …` for V6. Only ever true for ICMP of that family.
+    Icmp {
+        family: Family,
+        icmp_type: u8,
+        code: Option<u8>,
+        negate: bool,
+    },
+    /// `ip saddr 10.0.0.0/8` / `ip6 daddr != fd00::/8`: the address (of the
+    /// family of `net`) is in the network, or (negate) is not.
+    AddrInNet {
+        source: bool,
+        net: ipnet::IpNet,
+        negate: bool,
+    },
+    /// `limit rate N/second`: false once over the rate (burst 5 packets).
+    Limit { per_second: u64 },
+    /// `log prefix "…" group N`: a statement, not a test; the rule goes on.
+    Log { prefix: String, group: u16 },
 }
+
+/// The burst nft gives `limit rate N/second` when none is written.
+pub const LIMIT_BURST: u32 = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verdict {
@@ -79,6 +122,10 @@ pub enum Verdict {
     Drop,
     Return,
     Jump(String),
+    /// `goto chain`: a `return` there returns to this chain's caller.
+    Goto(String),
+    /// No verdict: the next rule follows (a rule that only logs).
+    Continue,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,7 +201,82 @@ impl fmt::Display for Match {
             Match::SourceNotRoutedViaIif => write!(f, "fib saddr . iif oif missing"),
             Match::SaddrIn { set, family } => write!(f, "{} saddr @{set}", family.keyword()),
             Match::DaddrIn { set, family } => write!(f, "{} daddr @{set}", family.keyword()),
+            Match::AddrNotIn {
+                source,
+                set,
+                family,
+            } => write!(f, "{} {} != @{set}", family.keyword(), addr_dir(*source)),
+            Match::NfProto(family) => match family {
+                Family::V4 => write!(f, "meta nfproto ipv4"),
+                Family::V6 => write!(f, "meta nfproto ipv6"),
+            },
+            Match::L4Proto { proto, negate } => {
+                write!(f, "meta l4proto {}{proto}", neq(*negate))
+            }
+            Match::Port {
+                source,
+                first,
+                last,
+                negate,
+            } => {
+                let dir = if *source { "sport" } else { "dport" };
+                write!(f, "th {dir} {}{first}", neq(*negate))?;
+                if last != first {
+                    write!(f, "-{last}")?;
+                }
+                Ok(())
+            }
+            Match::Icmp {
+                family,
+                icmp_type,
+                code,
+                negate,
+            } => {
+                let kw = match family {
+                    Family::V4 => "icmp",
+                    Family::V6 => "icmpv6",
+                };
+                match code {
+                    None => write!(f, "{kw} type {}{icmp_type}", neq(*negate)),
+                    Some(c) => write!(f, "{kw} type {icmp_type} {kw} code {}{c}", neq(*negate)),
+                }
+            }
+            Match::AddrInNet {
+                source,
+                net,
+                negate,
+            } => {
+                let family = match net {
+                    ipnet::IpNet::V4(_) => Family::V4,
+                    ipnet::IpNet::V6(_) => Family::V6,
+                };
+                write!(
+                    f,
+                    "{} {} {}{net}",
+                    family.keyword(),
+                    addr_dir(*source),
+                    neq(*negate)
+                )
+            }
+            Match::Limit { per_second } => write!(f, "limit rate {per_second}/second"),
+            Match::Log { prefix, group } => write!(f, "log prefix \"{prefix}\" group {group}"),
         }
+    }
+}
+
+fn addr_dir(source: bool) -> &'static str {
+    if source {
+        "saddr"
+    } else {
+        "daddr"
+    }
+}
+
+fn neq(negate: bool) -> &'static str {
+    if negate {
+        "!= "
+    } else {
+        ""
     }
 }
 
@@ -165,16 +287,19 @@ impl fmt::Display for Verdict {
             Verdict::Drop => write!(f, "drop"),
             Verdict::Return => write!(f, "return"),
             Verdict::Jump(c) => write!(f, "jump {c}"),
+            Verdict::Goto(c) => write!(f, "goto {c}"),
+            Verdict::Continue => Ok(()),
         }
     }
 }
 
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for m in &self.matches {
-            write!(f, "{m} ")?;
+        let mut parts: Vec<String> = self.matches.iter().map(|m| m.to_string()).collect();
+        if self.verdict != Verdict::Continue {
+            parts.push(self.verdict.to_string());
         }
-        write!(f, "{}", self.verdict)?;
+        write!(f, "{}", parts.join(" "))?;
         if !self.comment.is_empty() {
             write!(f, " comment \"{}\"", self.comment)?;
         }

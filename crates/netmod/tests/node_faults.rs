@@ -420,7 +420,17 @@ fn an_undecodable_record_is_skipped_and_nothing_else_stops() {
 #[test]
 fn a_netgroup_that_leaves_a_host_leaves_its_kernel() {
     let mut f = two_groups_two_hosts("10.141.0.0/16", FabricOptions::default());
-    let base = ["grouped_v4", "grouped_v6", "public_v4", "public_v6"];
+    // Every host's base sets: profiles, and the endpoints some policy selects.
+    let base = [
+        "grouped_v4",
+        "grouped_v6",
+        "public_v4",
+        "public_v6",
+        "selected_egress_v4",
+        "selected_egress_v6",
+        "selected_ingress_v4",
+        "selected_ingress_v6",
+    ];
     let with = |groups: &[&str]| {
         let mut v: Vec<String> = base.iter().map(|s| s.to_string()).collect();
         for g in groups {

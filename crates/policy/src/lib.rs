@@ -1,20 +1,34 @@
-//! Policy, pure: from endpoints and netgroups, the nftables objects one host
-//! needs, the changes that move one ruleset to another, and an evaluator that
-//! explains a packet's fate from the very same objects.
+//! Policy, pure: from endpoints, netgroups and Calico policies, the
+//! nftables objects one host needs, the changes that move one ruleset to
+//! another, and an evaluator that explains a packet's fate from the very
+//! same objects.
 //!
-//! Shape (see `ruleset`): a fixed set of chains whose rules never change for
-//! endpoints, only for netgroups. Adding or removing an endpoint, here or on
-//! another host, touches set elements only; a netgroup seen for the first
-//! time adds one set and one accept rule per family, and never a jump.
+//! Shape (see `ruleset` and `compile`): a fixed set of chains whose rules
+//! never change for endpoints, only for netgroups and policies. Adding or
+//! removing an endpoint, here or on another host, touches set elements only
+//! (netgroup sets, and one set per distinct selector and family), whatever
+//! the number of policies; a netgroup seen for the first time adds one set
+//! and one accept rule per family, and never a jump. A policy change is
+//! installed as a whole, atomic table ([`needs_replace`]).
 
+mod compile;
 mod explain;
 mod ruleset;
 
-pub use explain::{explain, Decision, Hop, Packet};
+pub use compile::{
+    endpoint_policy_sets, policy_chain_name, rule_alternatives, rule_comment, selected_set_name,
+    selector_set_name, CHAIN_EGRESS_ALLOWED, CHAIN_PASS_EGRESS, CHAIN_PASS_INGRESS,
+    CHAIN_POLICY_EGRESS, CHAIN_POLICY_INGRESS, POLICY_LOG_GROUP, POLICY_LOG_RATE,
+};
+pub use explain::{explain, Decision, Hop, Packet, L4};
 pub use ruleset::{
-    diff, group_rule, group_set_name, has_stale_sets, ruleset, validate_netgroup, BaseSets,
-    CHAIN_NETGROUPS, ICMP_TYPES_NEVER_TO_HOST, NETGROUP_MAX_LEN,
+    diff, group_rule, group_set_name, has_stale_sets, needs_replace, ruleset,
+    ruleset_with_policies, validate_netgroup, BaseSets, CHAIN_NETGROUPS, ICMP_TYPES_NEVER_TO_HOST,
+    NETGROUP_MAX_LEN,
 };
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_policies;

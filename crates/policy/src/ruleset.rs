@@ -1,3 +1,5 @@
+use crate::compile::*;
+use netmod_calico::GlobalNetworkPolicy;
 use netmod_model::nft::*;
 use netmod_model::{Endpoint, HOST_IFACE_PREFIX, PUBLIC_NETGROUP};
 use std::collections::{BTreeMap, BTreeSet};
@@ -100,21 +102,33 @@ fn base_chains() -> Vec<ChainDef> {
             "replies of allowed connections",
         ),
     ];
-    from.extend(per_family(&|f| {
-        rule(
-            vec![Match::SaddrIn {
-                set: BaseSets::grouped(f),
-                family: f,
-            }],
-            Verdict::Return,
-            "netgroup member: may send beyond its host",
-        )
-    }));
     from.push(rule(
         vec![],
-        Verdict::Drop,
-        "host profile: no netgroup, reaches only its own host",
+        Verdict::Jump(CHAIN_POLICY_EGRESS.into()),
+        "egress policies",
     ));
+    // The egress profile: as rules of from_endpoint (a member returns to
+    // the forward chain, which checks a local receiver), and as final
+    // verdicts for a policy's Pass.
+    let egress_profile = |member: Verdict| {
+        let mut rules = per_family(&|f| {
+            rule(
+                vec![Match::SaddrIn {
+                    set: BaseSets::grouped(f),
+                    family: f,
+                }],
+                member.clone(),
+                "netgroup member: may send beyond its host",
+            )
+        });
+        rules.push(rule(
+            vec![],
+            Verdict::Drop,
+            "host profile: no netgroup, reaches only its own host",
+        ));
+        rules
+    };
+    from.extend(egress_profile(Verdict::Return));
     let mut to = vec![
         rule(
             vec![Match::CtInvalid],
@@ -127,7 +141,12 @@ fn base_chains() -> Vec<ChainDef> {
             "replies of allowed connections",
         ),
     ];
-    to.extend(per_family(&|f| {
+    to.push(rule(
+        vec![],
+        Verdict::Jump(CHAIN_POLICY_INGRESS.into()),
+        "ingress policies",
+    ));
+    let mut ingress_profile = per_family(&|f| {
         rule(
             vec![Match::DaddrIn {
                 set: BaseSets::public(f),
@@ -136,14 +155,15 @@ fn base_chains() -> Vec<ChainDef> {
             Verdict::Accept,
             "profile public",
         )
-    }));
-    to.push(rule(
+    });
+    ingress_profile.push(rule(
         vec![],
         Verdict::Jump(CHAIN_NETGROUPS.into()),
         "netgroup profiles",
     ));
-    to.push(rule(vec![], Verdict::Drop, "default: drop"));
-    vec![
+    ingress_profile.push(rule(vec![], Verdict::Drop, "default: drop"));
+    to.extend(ingress_profile.iter().cloned());
+    let mut chains = vec![
         ChainDef {
             name: CHAIN_FORWARD.into(),
             hook: Some(BaseHook {
@@ -197,7 +217,12 @@ fn base_chains() -> Vec<ChainDef> {
             hook: None,
             rules: Vec::new(),
         },
-    ]
+    ];
+    chains.extend(verdict_chains(
+        egress_profile(Verdict::Goto(CHAIN_EGRESS_ALLOWED.into())),
+        ingress_profile,
+    ));
+    chains
 }
 
 fn anti_spoofing() -> Rule {
@@ -242,8 +267,21 @@ fn add_to(sets: &mut BTreeMap<String, SetDef>, name: String, family: Family, add
     }
 }
 
-/// The whole table host `host` needs, given every live endpoint in the cluster.
+/// The whole table host `host` needs, given every live endpoint in the
+/// cluster and no policies.
 pub fn ruleset(host: &str, endpoints: &[Endpoint]) -> Ruleset {
+    ruleset_with_policies(host, endpoints, &[], &|e| e.labels.clone())
+}
+
+/// The whole table host `host` needs, given every live endpoint in the
+/// cluster and every policy; `labels` gives an endpoint's labels as
+/// selectors see them (`netmod_core::labels::endpoint_labels`).
+pub fn ruleset_with_policies(
+    host: &str,
+    endpoints: &[Endpoint],
+    policies: &[GlobalNetworkPolicy],
+    labels: &dyn Fn(&Endpoint) -> BTreeMap<String, String>,
+) -> Ruleset {
     let mut sets = BTreeMap::new();
     for f in Family::BOTH {
         add_to(&mut sets, BaseSets::grouped(f), f, None);
@@ -290,6 +328,7 @@ pub fn ruleset(host: &str, endpoints: &[Endpoint]) -> Ruleset {
             netgroups.rules.push(group_rule(g, f));
         }
     }
+    chains.extend(policy_objects(endpoints, policies, labels, &mut sets));
     Ruleset { chains, sets }
 }
 
@@ -341,6 +380,21 @@ pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<Change> {
         }
     }
     changes
+}
+
+/// True when moving from `current` to `desired` takes more than sets,
+/// elements and new netgroup rules (which [`diff`] does): a policy came,
+/// went or changed (its chains), or sets are no longer wanted. The node then
+/// installs the whole table, atomically.
+pub fn needs_replace(current: &Ruleset, desired: &Ruleset) -> bool {
+    let structure = |rs: &Ruleset| -> Vec<ChainDef> {
+        rs.chains
+            .iter()
+            .filter(|c| c.name != CHAIN_NETGROUPS)
+            .cloned()
+            .collect()
+    };
+    has_stale_sets(current, desired) || structure(current) != structure(desired)
 }
 
 /// True when `current` holds sets that `desired` no longer wants (a netgroup

@@ -1,5 +1,5 @@
 use super::*;
-use crate::explain::{explain, Packet};
+use crate::explain::{explain, Packet, L4};
 use netmod_model::nft::*;
 use netmod_model::Endpoint;
 
@@ -210,6 +210,7 @@ fn reachable(eps: &[Endpoint], from: &Endpoint, to: &Endpoint) -> bool {
             oif: to.iface.clone(),
             saddr,
             daddr,
+            l4: L4::Unknown,
         };
         return explain(&h_from, &p).accepted;
     }
@@ -218,12 +219,14 @@ fn reachable(eps: &[Endpoint], from: &Endpoint, to: &Endpoint) -> bool {
         oif: "eth0".into(),
         saddr,
         daddr,
+        l4: L4::Unknown,
     };
     let inn = Packet {
         iif: "eth0".into(),
         oif: to.iface.clone(),
         saddr,
         daddr,
+        l4: L4::Unknown,
     };
     explain(&h_from, &out).accepted && explain(&h_to, &inn).accepted
 }
@@ -272,6 +275,7 @@ fn explain_names_the_profile() {
         oif: eps[3].iface.clone(),
         saddr: "192.168.0.1".parse().unwrap(),
         daddr: "192.168.0.65".parse().unwrap(),
+        l4: L4::Unknown,
     };
     let d = explain(&rs, &a_to_b);
     assert!(d.accepted);
@@ -289,6 +293,7 @@ fn explain_names_the_profile() {
         oif: "eth0".into(),
         saddr: "192.168.0.67".parse().unwrap(),
         daddr: "192.168.255.252".parse().unwrap(),
+        l4: L4::Unknown,
     };
     let d = explain(&rs, &e_out);
     assert!(!d.accepted);

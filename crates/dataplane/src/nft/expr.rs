@@ -6,7 +6,8 @@
 
 use crate::error::{Error, Result};
 use crate::nl::Msg;
-use netmod_model::nft::{Family, Match, Rule, Verdict};
+use ipnet::IpNet;
+use netmod_model::nft::{Family, Match, Rule, Verdict, LIMIT_BURST};
 
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
@@ -28,6 +29,12 @@ const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
+const NFT_CMP_LTE: u32 = 3;
+const NFT_CMP_GTE: u32 = 5;
+const NFT_RANGE_NEQ: u32 = 1;
+const NFT_LOOKUP_F_INV: u32 = 1;
+/// NFT_LIMIT_PKTS
+const NFT_LIMIT_PKTS: u32 = 0;
 const NFT_FIB_RESULT_OIF: u32 = 1;
 const NFTA_FIB_F_SADDR: u32 = 1 << 0;
 const NFTA_FIB_F_IIF: u32 = 1 << 3;
@@ -42,6 +49,7 @@ const IPPROTO_ICMPV6: u8 = 58;
 const NF_DROP: i32 = 0;
 const NF_ACCEPT: i32 = 1;
 const NFT_JUMP: i32 = -3;
+const NFT_GOTO: i32 = -4;
 const NFT_RETURN: i32 = -5;
 
 /// Userdata TLV type nft uses for a rule's comment (NFTNL_UDATA_RULE_COMMENT).
@@ -85,9 +93,12 @@ enum Expr<'a> {
     Ct { key: u32 },
     Payload { base: u32, offset: u32, len: u32 },
     Fib { flags: u32, result: u32 },
-    Bitwise { mask: [u8; 4], xor: [u8; 4] },
+    Bitwise { mask: Vec<u8>, xor: Vec<u8> },
     Cmp { op: u32, data: Vec<u8> },
-    Lookup { set: &'a str },
+    Range { op: u32, from: Vec<u8>, to: Vec<u8> },
+    Lookup { set: &'a str, invert: bool },
+    Limit { rate: u64, unit: u64, burst: u32 },
+    Log { prefix: &'a str, group: u16 },
     Verdict { code: i32, chain: Option<&'a str> },
 }
 
@@ -113,40 +124,98 @@ fn lower_match(m: &Match) -> Result<Vec<Expr<'_>>> {
         Match::CtEstablishedOrRelated => vec![
             Ct { key: NFT_CT_STATE },
             Bitwise {
-                mask: CT_ESTABLISHED_RELATED.to_ne_bytes(),
-                xor: [0; 4],
+                mask: CT_ESTABLISHED_RELATED.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
             },
             cmp(NFT_CMP_NEQ, &[0; 4]),
         ],
         Match::CtInvalid => vec![
             Ct { key: NFT_CT_STATE },
             Bitwise {
-                mask: CT_INVALID.to_ne_bytes(),
-                xor: [0; 4],
+                mask: CT_INVALID.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
             },
             cmp(NFT_CMP_NEQ, &[0; 4]),
         ],
-        Match::IcmpType { family, icmp_type } => {
-            let proto = match family {
-                Family::V4 => IPPROTO_ICMP,
-                Family::V6 => IPPROTO_ICMPV6,
-            };
-            vec![
-                Meta {
-                    key: NFT_META_NFPROTO,
-                },
-                cmp(NFT_CMP_EQ, &[family_info(*family).nfproto]),
-                Meta {
-                    key: NFT_META_L4PROTO,
-                },
-                cmp(NFT_CMP_EQ, &[proto]),
-                Payload {
-                    base: NFT_PAYLOAD_TRANSPORT_HEADER,
-                    offset: 0,
-                    len: 1,
-                },
-                cmp(NFT_CMP_EQ, &[*icmp_type]),
-            ]
+        Match::IcmpType { family, icmp_type } => icmp(*family, *icmp_type, None, false),
+        Match::Icmp {
+            family,
+            icmp_type,
+            code,
+            negate,
+        } => icmp(*family, *icmp_type, *code, *negate),
+        Match::AddrNotIn {
+            source,
+            set,
+            family,
+        } => {
+            let mut e = addr_in_set(*family, set, *source);
+            if let Some(Lookup { invert, .. }) = e.last_mut() {
+                *invert = true;
+            }
+            e
+        }
+        Match::NfProto(family) => vec![
+            Meta {
+                key: NFT_META_NFPROTO,
+            },
+            cmp(NFT_CMP_EQ, &[family_info(*family).nfproto]),
+        ],
+        Match::L4Proto { proto, negate } => vec![
+            Meta {
+                key: NFT_META_L4PROTO,
+            },
+            cmp(if *negate { NFT_CMP_NEQ } else { NFT_CMP_EQ }, &[*proto]),
+        ],
+        Match::Port {
+            source,
+            first,
+            last,
+            negate,
+        } => {
+            let mut e = vec![Payload {
+                base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                offset: if *source { 0 } else { 2 },
+                len: 2,
+            }];
+            let (a, b) = (first.to_be_bytes().to_vec(), last.to_be_bytes().to_vec());
+            match (first == last, negate) {
+                (true, false) => e.push(cmp(NFT_CMP_EQ, &a)),
+                (true, true) => e.push(cmp(NFT_CMP_NEQ, &a)),
+                // What nft makes of `th dport 1000-2000`.
+                (false, false) => {
+                    e.push(cmp(NFT_CMP_GTE, &a));
+                    e.push(cmp(NFT_CMP_LTE, &b));
+                }
+                (false, true) => e.push(Range {
+                    op: NFT_RANGE_NEQ,
+                    from: a,
+                    to: b,
+                }),
+            }
+            e
+        }
+        Match::AddrInNet {
+            source,
+            net,
+            negate,
+        } => addr_in_net(net, *source, *negate),
+        Match::Limit { per_second } => vec![Limit {
+            rate: *per_second,
+            unit: 1,
+            burst: LIMIT_BURST,
+        }],
+        Match::Log { prefix, group } => {
+            if prefix.len() >= 128 || prefix.contains('\0') {
+                return Err(Error::invalid(
+                    format!("log prefix {prefix:?}"),
+                    "need at most 127 bytes and no NUL",
+                ));
+            }
+            vec![Log {
+                prefix: prefix.as_str(),
+                group: *group,
+            }]
         }
         Match::SourceNotRoutedViaIif => vec![
             Fib {
@@ -158,6 +227,125 @@ fn lower_match(m: &Match) -> Result<Vec<Expr<'_>>> {
         Match::SaddrIn { set, family } => addr_in_set(*family, set, true),
         Match::DaddrIn { set, family } => addr_in_set(*family, set, false),
     })
+}
+
+/// `icmp type T [icmp code C]`, as nft lowers it: one 2-byte compare when
+/// both must equal, else one per field.
+fn icmp(family: Family, icmp_type: u8, code: Option<u8>, negate: bool) -> Vec<Expr<'static>> {
+    let proto = match family {
+        Family::V4 => IPPROTO_ICMP,
+        Family::V6 => IPPROTO_ICMPV6,
+    };
+    let mut e = vec![
+        Expr::Meta {
+            key: NFT_META_NFPROTO,
+        },
+        Expr::Cmp {
+            op: NFT_CMP_EQ,
+            data: vec![family_info(family).nfproto],
+        },
+        Expr::Meta {
+            key: NFT_META_L4PROTO,
+        },
+        Expr::Cmp {
+            op: NFT_CMP_EQ,
+            data: vec![proto],
+        },
+    ];
+    let load = |offset, len| Expr::Payload {
+        base: NFT_PAYLOAD_TRANSPORT_HEADER,
+        offset,
+        len,
+    };
+    match (code, negate) {
+        (None, negate) => {
+            e.push(load(0, 1));
+            e.push(Expr::Cmp {
+                op: if negate { NFT_CMP_NEQ } else { NFT_CMP_EQ },
+                data: vec![icmp_type],
+            });
+        }
+        (Some(c), false) => {
+            e.push(load(0, 2));
+            e.push(Expr::Cmp {
+                op: NFT_CMP_EQ,
+                data: vec![icmp_type, c],
+            });
+        }
+        (Some(c), true) => {
+            e.push(load(0, 1));
+            e.push(Expr::Cmp {
+                op: NFT_CMP_EQ,
+                data: vec![icmp_type],
+            });
+            e.push(load(1, 1));
+            e.push(Expr::Cmp {
+                op: NFT_CMP_NEQ,
+                data: vec![c],
+            });
+        }
+    }
+    e
+}
+
+/// `ip saddr 10.0.0.0/8`, as nft lowers it: a byte-aligned prefix compares
+/// only its bytes; any other loads the whole address and masks it.
+fn addr_in_net(net: &IpNet, source: bool, negate: bool) -> Vec<Expr<'static>> {
+    let family = match net {
+        IpNet::V4(_) => Family::V4,
+        IpNet::V6(_) => Family::V6,
+    };
+    let f = family_info(family);
+    let base = if source {
+        f.saddr_offset
+    } else {
+        f.daddr_offset
+    };
+    let bytes = match net.network() {
+        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let bits = net.prefix_len() as usize;
+    let op = if negate { NFT_CMP_NEQ } else { NFT_CMP_EQ };
+    let mut e = vec![
+        Expr::Meta {
+            key: NFT_META_NFPROTO,
+        },
+        Expr::Cmp {
+            op: NFT_CMP_EQ,
+            data: vec![f.nfproto],
+        },
+    ];
+    if bits.is_multiple_of(8) {
+        let n = bits / 8;
+        e.push(Expr::Payload {
+            base: NFT_PAYLOAD_NETWORK_HEADER,
+            offset: base,
+            len: n as u32,
+        });
+        e.push(Expr::Cmp {
+            op,
+            data: bytes[..n].to_vec(),
+        });
+    } else {
+        let mask: Vec<u8> = (0..bytes.len())
+            .map(|i| {
+                let keep = bits.saturating_sub(i * 8).min(8);
+                (0xffu16 << (8 - keep)) as u8
+            })
+            .collect();
+        e.push(Expr::Payload {
+            base: NFT_PAYLOAD_NETWORK_HEADER,
+            offset: base,
+            len: f.addr_len,
+        });
+        e.push(Expr::Bitwise {
+            xor: vec![0; mask.len()],
+            mask,
+        });
+        e.push(Expr::Cmp { op, data: bytes });
+    }
+    e
 }
 
 /// `iifname "nm*"` compares only the prefix bytes, without a NUL.
@@ -192,18 +380,20 @@ fn addr_in_set(family: Family, set: &str, source: bool) -> Vec<Expr<'_>> {
             offset,
             len: f.addr_len,
         },
-        Expr::Lookup { set },
+        Expr::Lookup { set, invert: false },
     ]
 }
 
-fn lower_verdict(v: &Verdict) -> Expr<'_> {
+fn lower_verdict(v: &Verdict) -> Option<Expr<'_>> {
     let (code, chain) = match v {
         Verdict::Accept => (NF_ACCEPT, None),
         Verdict::Drop => (NF_DROP, None),
         Verdict::Return => (NFT_RETURN, None),
         Verdict::Jump(c) => (NFT_JUMP, Some(c.as_str())),
+        Verdict::Goto(c) => (NFT_GOTO, Some(c.as_str())),
+        Verdict::Continue => return None,
     };
-    Expr::Verdict { code, chain }
+    Some(Expr::Verdict { code, chain })
 }
 
 impl Expr<'_> {
@@ -216,6 +406,9 @@ impl Expr<'_> {
             Expr::Bitwise { .. } => "bitwise",
             Expr::Cmp { .. } => "cmp",
             Expr::Lookup { .. } => "lookup",
+            Expr::Range { .. } => "range",
+            Expr::Limit { .. } => "limit",
+            Expr::Log { .. } => "log",
             Expr::Verdict { .. } => "immediate",
         }
     }
@@ -247,8 +440,30 @@ impl Expr<'_> {
                     .u32_be(2, *op)
                     .nest(3, |m| value(m, data)); // SREG, OP, DATA
             }
-            Expr::Lookup { set } => {
+            Expr::Lookup { set, invert } => {
                 m.str(1, set).u32_be(2, NFT_REG_1); // SET, SREG
+                if *invert {
+                    m.u32_be(5, NFT_LOOKUP_F_INV); // FLAGS
+                }
+            }
+            Expr::Range { op, from, to } => {
+                m.u32_be(1, NFT_REG_1) // SREG
+                    .u32_be(2, *op)
+                    .nest(3, |m| value(m, from)) // FROM_DATA
+                    .nest(4, |m| value(m, to)); // TO_DATA
+            }
+            Expr::Limit { rate, unit, burst } => {
+                m.attr(1, &rate.to_be_bytes()) // RATE
+                    .attr(2, &unit.to_be_bytes()) // UNIT
+                    .u32_be(3, *burst) // BURST
+                    .u32_be(4, NFT_LIMIT_PKTS) // TYPE
+                    .u32_be(5, 0); // FLAGS
+            }
+            Expr::Log { prefix, group } => {
+                m.attr(1, &group.to_be_bytes()); // GROUP
+                if !prefix.is_empty() {
+                    m.str(2, prefix); // PREFIX
+                }
             }
             Expr::Verdict { code, chain } => {
                 m.u32_be(1, NFT_REG_VERDICT).nest(2, |m| {
@@ -271,10 +486,27 @@ fn value(m: &mut Msg, data: &[u8]) {
 /// Writes a rule's expression list (NFTA_RULE_EXPRESSIONS body).
 pub(super) fn encode_rule(m: &mut Msg, rule: &Rule) -> Result<()> {
     let mut exprs = Vec::new();
+    // Like nft, check the family once per rule: a second `meta nfproto ==`
+    // of the same family adds nothing.
+    let mut family_known: Option<Vec<u8>> = None;
     for mat in &rule.matches {
-        exprs.extend(lower_match(mat)?);
+        let mut lowered = lower_match(mat)?;
+        if let [Expr::Meta {
+            key: NFT_META_NFPROTO,
+        }, Expr::Cmp {
+            op: NFT_CMP_EQ,
+            data,
+        }, ..] = lowered.as_slice()
+        {
+            if family_known.as_ref() == Some(data) {
+                lowered.drain(..2);
+            } else {
+                family_known = Some(data.clone());
+            }
+        }
+        exprs.extend(lowered);
     }
-    exprs.push(lower_verdict(&rule.verdict));
+    exprs.extend(lower_verdict(&rule.verdict));
     for e in &exprs {
         m.nest(NFTA_LIST_ELEM, |m| {
             m.str(NFTA_EXPR_NAME, e.name())
@@ -326,7 +558,10 @@ mod tests {
                     offset: 24,
                     len: 16
                 },
-                Expr::Lookup { set: "g_x_v6" },
+                Expr::Lookup {
+                    set: "g_x_v6",
+                    invert: false
+                },
             ]
         );
     }
