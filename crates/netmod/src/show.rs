@@ -76,8 +76,10 @@ pub fn explain(
                         .unwrap_or_default()
                 );
             }
-            if verdict.port.is_some() {
-                println!("  (netgroup profiles allow every port and protocol; the port does not change the verdict)");
+            for h in &verdict.hops {
+                if !h.decision.trail.is_empty() {
+                    println!("  {} on the way: {}", h.host, h.decision.trail.join("; "));
+                }
             }
         }
     }
