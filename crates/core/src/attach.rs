@@ -233,10 +233,16 @@ fn element_changes(ep: &Endpoint) -> Vec<(String, Family, Vec<IpAddr>)> {
 /// sets, and a netgroup new to this host gets its set (with every member,
 /// wherever it runs) and its rule.
 fn add_local_policy(registry: &Registry, ep: &Endpoint) -> Result<(), String> {
+    let policies = crate::policies::list(registry.store).map_err(|e| e.to_string())?;
     if !dp::nft_table_exists().map_err(|e| e.to_string())? {
         // First endpoint since boot (or the node never ran): install the whole table.
         let endpoints = registry.endpoints().map_err(|e| e.to_string())?;
-        let ruleset = netmod_policy::ruleset(&ep.host, &endpoints);
+        let ruleset = netmod_policy::ruleset_with_policies(
+            &ep.host,
+            &endpoints,
+            &policies,
+            &crate::labels::endpoint_labels,
+        );
         match dp::nft_replace_all(&ruleset) {
             // Then the increment below all the same: another first attach
             // may have replaced the table from a snapshot without us.
@@ -285,6 +291,15 @@ fn add_local_policy(registry: &Registry, ep: &Endpoint) -> Result<(), String> {
                 elements,
             });
         }
+        // The policies that select it hold before its first packet too (the
+        // node keeps these sets; it may not have seen this endpoint yet).
+        for (set, family, elements) in policy_set_changes(ep, &policies)? {
+            changes.push(Change::AddElements {
+                set,
+                family,
+                elements,
+            });
+        }
         match dp::nft_apply(&changes) {
             Ok(()) => return Ok(()),
             Err(e) if e.is_already_exists() && attempt < 2 => continue,
@@ -292,6 +307,22 @@ fn add_local_policy(registry: &Registry, ep: &Endpoint) -> Result<(), String> {
         }
     }
     Err("netgroup sets kept changing under us".into())
+}
+
+/// The policy sets (selector sets, `selected_*`) of this host's table that
+/// the endpoint belongs in and that exist already (the node creates them).
+fn policy_set_changes(
+    ep: &Endpoint,
+    policies: &[netmod_calico::GlobalNetworkPolicy],
+) -> Result<Vec<(String, Family, Vec<IpAddr>)>, String> {
+    let labels = crate::labels::endpoint_labels(ep);
+    let mut out = Vec::new();
+    for (set, family, elements) in netmod_policy::endpoint_policy_sets(ep, policies, &labels) {
+        if dp::nft_set_exists(&set).map_err(|e| e.to_string())? {
+            out.push((set, family, elements));
+        }
+    }
+    Ok(out)
 }
 
 fn remove_local_policy(ep: &Endpoint) -> Result<(), String> {

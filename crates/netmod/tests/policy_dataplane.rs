@@ -267,3 +267,72 @@ fn calico_allow_tcp_6379_between_two_hosts() {
     drop(allowed_flow);
     drop(forbidden_flow);
 }
+
+/// A new endpoint that a policy selects is in the policy's sets the moment
+/// isolate returns, before any node has seen it: a Deny policy holds from
+/// its first packet. (Its host's node is stopped, so only the plugin can
+/// have put it there.)
+#[test]
+fn a_new_endpoint_is_in_its_policies_sets_before_the_node_sees_it() {
+    let mut f = Fabric::new(1, "10.147.0.0/16");
+    let policies = netmod_calico::parse_policies(
+        "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: quarantine-victims
+spec:
+  selector: task == 'victim'
+  ingress:
+    - action: Deny
+",
+    )
+    .unwrap();
+    f.with_store(move |s| netmod_core::policies::apply(s, &policies).unwrap());
+    // The node compiles the policy: its selector set appears.
+    let h1 = f.host("h1").ns.clone();
+    let selector_sets = || {
+        let out = sh(&format!("ip netns exec {h1} nft -j list sets inet"));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["nftables"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|i| i.get("set"))
+            .filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with("sel_")))
+            .map(|s| {
+                let elems: Vec<String> = s["elem"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|e| e.as_str().map(str::to_string))
+                    .collect();
+                (s["name"].as_str().unwrap().to_string(), elems)
+            })
+            .collect::<Vec<_>>()
+    };
+    wait_for(Duration::from_secs(10), "the policy's sets", || {
+        !selector_sets().is_empty()
+    });
+    f.kill_node(0);
+    let victim = f.launch("h1", "victim", &["web"]).addr.clone();
+    let bystander = f.launch("h1", "bystander", &["web"]).addr.clone();
+    let sets = selector_sets();
+    assert!(
+        sets.iter().any(|(_, e)| e.contains(&victim)),
+        "{victim} is in no selector set: {sets:?}"
+    );
+    assert!(
+        sets.iter().all(|(_, e)| !e.contains(&bystander)),
+        "{bystander} is selected by no policy, yet in {sets:?}"
+    );
+    // And it holds: the bystander (same netgroup) cannot reach the victim.
+    assert!(!f.connects("bystander", "victim", 1.0));
+    let other = f.launch("h1", "other", &["web"]).addr.clone();
+    assert!(!other.is_empty());
+    assert!(
+        f.connects("bystander", "other", 2.0),
+        "control: web members reach each other"
+    );
+}
