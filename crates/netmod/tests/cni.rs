@@ -25,7 +25,7 @@ fn version_and_bad_input_get_cni_errors_and_change_nothing() {
         v["supportedVersions"],
         json!(["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
     );
-    let before = f.store.dump();
+    let before = f.store.dump_records();
     let links = f.ns_json("h1", "link");
     let env = [
         ("CNI_CONTAINERID", "c1"),
@@ -109,7 +109,7 @@ fn version_and_bad_input_get_cni_errors_and_change_nothing() {
             "{what}: {v}"
         );
         assert!(v.get("cniVersion").is_some(), "{what}");
-        assert_eq!(f.store.dump(), before, "{what}: store changed");
+        assert_eq!(f.store.dump_records(), before, "{what}: store changed");
         assert_eq!(f.ns_json("h1", "link"), links, "{what}: links changed");
     }
     // An exhausted pool: a clear error, and nothing held.
@@ -123,7 +123,7 @@ fn version_and_bad_input_get_cni_errors_and_change_nothing() {
         &json!({"command":"reserve","args":{"hostname":"h1","uid":"x","ipv4_addrs":["10.140.0.1","10.140.0.2"]}}),
     );
     assert_eq!(code, 0);
-    let before = f.store.dump();
+    let before = f.store.dump_records();
     let (status, v) = f.cni(
         "h1",
         "ADD",
@@ -139,7 +139,7 @@ fn version_and_bad_input_get_cni_errors_and_change_nothing() {
             .contains("no free IPv4 address in pool(s) 10.140.0.0/30"),
         "{v}"
     );
-    assert_eq!(f.store.dump(), before);
+    assert_eq!(f.store.dump_records(), before);
     assert_eq!(f.ns_json("h1", "link"), links);
     kill_child(sandbox);
 }

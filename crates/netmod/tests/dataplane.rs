@@ -283,7 +283,7 @@ fn failed_isolate_leaves_nothing_behind() {
     let before_links = f.ns_json("h1", "link");
     let before_routes = f.ns_json("h1", "route");
     let before_sets = f.set_elements("h1");
-    let before_store = f.store.dump();
+    let before_store = f.store.dump_records();
     // The namespace vanished: the process is gone.
     let (code, reply) = f.mesos(
         "h1",
@@ -358,7 +358,7 @@ fn failed_isolate_leaves_nothing_behind() {
     assert_eq!(f.ns_json("h1", "link"), before_links);
     assert_eq!(f.ns_json("h1", "route"), before_routes);
     assert_eq!(f.set_elements("h1"), before_sets);
-    assert_eq!(f.store.dump(), before_store);
+    assert_eq!(f.store.dump_records(), before_store);
 }
 
 #[test]

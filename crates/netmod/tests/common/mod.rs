@@ -76,6 +76,15 @@ impl TestStore {
             .collect()
     }
 
+    /// `dump` without the host records, which running nodes rewrite on
+    /// their own (heartbeat, applied revision).
+    pub fn dump_records(&self) -> Vec<(String, String)> {
+        self.dump()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("hosts/"))
+            .collect()
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
