@@ -55,15 +55,13 @@ fn the_package_installs_into_a_fresh_root_with_unit_plugin_link_and_docs() {
         "installing {} failed:\n{stdout}\n{stderr}",
         deb.display()
     );
+    // The lines between `== NAME` and the next `== ` header.
     let section = |name: &str| -> Vec<String> {
-        stdout
-            .split(&format!("== {name}\n"))
-            .nth(1)
-            .unwrap_or_else(|| panic!("no {name} section in:\n{stdout}"))
-            .split("\n== ")
-            .next()
-            .unwrap_or("")
-            .lines()
+        let header = format!("== {name}");
+        let mut lines = stdout.lines().skip_while(|l| *l != header);
+        assert!(lines.next().is_some(), "no {name} section in:\n{stdout}");
+        lines
+            .take_while(|l| !l.starts_with("== "))
             .map(str::to_string)
             .collect()
     };
