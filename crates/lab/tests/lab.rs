@@ -710,14 +710,36 @@ fn lab_up_refuses_bad_input_and_builds_nothing() {
     // A port another program holds (this test holds it while it asks).
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port().to_string();
+    // A pool of this test's own: the demo's (the default) may be routed by a
+    // lab test running beside this one, and would be refused first.
+    let own_pool = "10.237.107.0/24";
     refused(
-        &["up", "--fabric", &lab.fabric, "--marathon-port", &port],
+        &[
+            "up",
+            "--fabric",
+            &lab.fabric,
+            "--pool",
+            own_pool,
+            "--marathon-port",
+            &port,
+        ],
         "is taken by another program",
     );
     drop(holder);
-    refused(&["up", "--fabric", "not-a-range"], "not an IPv4 CIDR");
     refused(
-        &["up", "--fabric", &lab.fabric, "--agents", "0"],
+        &["up", "--fabric", "not-a-range", "--pool", own_pool],
+        "not an IPv4 CIDR",
+    );
+    refused(
+        &[
+            "up",
+            "--fabric",
+            &lab.fabric,
+            "--pool",
+            own_pool,
+            "--agents",
+            "0",
+        ],
         "--agents",
     );
     // A bad lab name.
