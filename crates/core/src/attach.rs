@@ -302,7 +302,9 @@ fn add_local_policy(registry: &Registry, ep: &Endpoint) -> Result<(), String> {
         }
         match dp::nft_apply(&changes) {
             Ok(()) => return Ok(()),
-            Err(e) if e.is_already_exists() && attempt < 2 => continue,
+            // A netgroup set created meanwhile, or a selector set the node
+            // deleted with its policy: look again.
+            Err(e) if (e.is_already_exists() || e.is_not_found()) && attempt < 2 => continue,
             Err(e) => return Err(e.to_string()),
         }
     }

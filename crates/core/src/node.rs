@@ -362,13 +362,18 @@ impl Node {
         }
     }
 
-    /// The kernel's sets, if the table has every set we want (None otherwise).
+    /// The kernel's sets, if the table has every set we want (None otherwise),
+    /// with the chains this node last installed (the table watch restores
+    /// the whole table when anyone else changes them).
     fn actual(&self, desired: &Ruleset) -> Result<Option<Ruleset>, CoreError> {
+        let Some(applied) = &self.applied else {
+            return Ok(None);
+        };
         if !dp::nft_table_exists()? {
             return Ok(None);
         }
         let mut actual = Ruleset {
-            chains: desired.chains.clone(),
+            chains: applied.chains.clone(),
             sets: BTreeMap::new(),
         };
         // Sets the kernel holds that we no longer want count too.
@@ -392,7 +397,12 @@ impl Node {
         }
         for (name, set) in &desired.sets {
             if !dp::nft_set_exists(name)? {
-                return Ok(None);
+                // One we never installed is for the diff to create; one we
+                // did has been removed behind our back: install it all.
+                if applied.sets.contains_key(name) {
+                    return Ok(None);
+                }
+                continue;
             }
             let mut have = set.clone();
             have.elements = dp::nft_list_set_elements(name, set.family)?;
@@ -602,11 +612,11 @@ impl Node {
     fn apply_increment(&mut self) -> Result<(), CoreError> {
         let desired = self.desired();
         match &self.applied {
-            // A netgroup left this host, or a policy came, went or changed:
-            // its sets, chains and rules go with a whole, atomic install (a
-            // diff only ever adds netgroup rules and changes elements).
+            // A netgroup left this host: its set and rule go with a whole,
+            // atomic install. (Policies coming, going or changing are a
+            // diff: their own chains and sets, in one transaction.)
             Some(applied) if netmod_policy::needs_replace(applied, &desired) => {
-                log("netgroups or policies changed: installing the netmod table");
+                log("netgroups changed: installing the netmod table");
                 dp::nft_replace_all(&desired)?;
             }
             Some(applied) => {

@@ -72,6 +72,12 @@ impl Error {
     pub fn is_already_exists(&self) -> bool {
         matches!(self.root(), Error::AlreadyExists { .. })
     }
+
+    /// The kernel knows no such object (ENOENT): a set or chain that
+    /// another process deleted meanwhile, say.
+    pub fn is_not_found(&self) -> bool {
+        self.os_error() == Some(libc::ENOENT)
+    }
 }
 
 /// Puts the name of the failed step in front of an error.

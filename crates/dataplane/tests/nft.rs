@@ -365,6 +365,24 @@ fn policy_matches_are_what_nft_makes_of_the_same_rules() {
 
 /// A host's table as the policy compiler makes it from Calico policies
 /// (every kind of rule criterion), installed by us and by `nft -f`.
+/// An endpoint on h1 in netgroup shop with label `role`.
+fn policy_endpoint(id: &str, ip: &str, role: &str) -> netmod_model::Endpoint {
+    netmod_model::Endpoint {
+        host: "h1".into(),
+        container_id: id.into(),
+        iface: netmod_model::host_iface_name(id, "eth0"),
+        container_iface: "eth0".into(),
+        mac: String::new(),
+        ipv4: vec![ip.parse().unwrap()],
+        ipv6: vec![],
+        netgroups: vec!["shop".into()],
+        labels: [("role".to_string(), role.to_string())].into(),
+        netns: String::new(),
+        source: "cni".into(),
+        handle: None,
+    }
+}
+
 #[test]
 fn compiled_policies_are_what_nft_makes_of_them() {
     if !prerequisites() {
@@ -431,20 +449,7 @@ spec:
 ",
     )
     .expect("policies");
-    let ep = |id: &str, ip: &str, role: &str| netmod_model::Endpoint {
-        host: "h1".into(),
-        container_id: id.into(),
-        iface: netmod_model::host_iface_name(id, "eth0"),
-        container_iface: "eth0".into(),
-        mac: String::new(),
-        ipv4: vec![ip.parse().unwrap()],
-        ipv6: vec![],
-        netgroups: vec!["shop".into()],
-        labels: [("role".to_string(), role.to_string())].into(),
-        netns: String::new(),
-        source: "cni".into(),
-        handle: None,
-    };
+    let ep = policy_endpoint;
     let eps = [
         ep("db", "10.251.0.1", "database"),
         ep("fe", "10.251.0.2", "frontend"),
@@ -849,4 +854,113 @@ fn the_monitor_reports_foreign_changes_to_the_table_and_not_our_own() {
     assert!(foreign_chain, "a chain added by nft went unnoticed");
     assert!(foreign_delete, "the table deleted by nft went unnoticed");
     assert!(!other_table, "another table's changes were reported");
+}
+
+/// The table as comparable data: chains and sets by name, each chain's
+/// rules in their order (the kernel lists chains in order of creation,
+/// which means nothing to a packet).
+fn by_object(ns: &TestNs) -> std::collections::BTreeMap<String, Vec<Value>> {
+    let mut out: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    for item in normalize(ns.nft_json().expect("table exists")) {
+        if let Some(rule) = item.get("rule") {
+            let chain = rule["chain"].as_str().unwrap().to_string();
+            out.entry(format!("rules of {chain}"))
+                .or_default()
+                .push(rule.clone());
+        } else if let Some(chain) = item.get("chain") {
+            out.insert(
+                format!("chain {}", chain["name"].as_str().unwrap()),
+                vec![chain.clone()],
+            );
+        } else if let Some(set) = item.get("set") {
+            out.insert(
+                format!("set {}", set["name"].as_str().unwrap()),
+                vec![set.clone()],
+            );
+        }
+    }
+    out
+}
+
+/// A policy added, changed or deleted among others, applied as a diff in
+/// one transaction, leaves the kernel exactly where a whole install of the
+/// new policies would: the flushes, chain and set deletions are accepted
+/// in the order the diff gives them.
+#[test]
+fn a_policy_diff_leaves_what_a_whole_install_would() {
+    if !prerequisites() {
+        return;
+    }
+    let policy = |name: &str, order: u32, role: &str, port: u16| {
+        netmod_calico::parse_policies(&format!(
+            "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: {name}
+spec:
+  order: {order}
+  selector: role == '{role}'
+  types: [Ingress, Egress]
+  ingress:
+    - action: Log
+      protocol: TCP
+    - action: Allow
+      protocol: TCP
+      source:
+        selector: role == 'client-of-{role}'
+      destination:
+        ports: [{port}, '9000:9100']
+  egress:
+    - action: Deny
+      destination:
+        nets: [10.9.0.0/16]
+    - action: Allow
+"
+        ))
+        .unwrap()
+        .remove(0)
+    };
+    let ep = policy_endpoint;
+    let eps = [
+        ep("db", "10.251.0.1", "db"),
+        ep("fe", "10.251.0.2", "client-of-db"),
+        ep("web", "10.251.0.3", "web"),
+        ep("cache", "10.251.0.4", "cache"),
+    ];
+    let all = vec![
+        policy("db", 1, "db", 5432),
+        policy("web", 2, "web", 80),
+        policy("cache", 3, "cache", 6379),
+    ];
+    let table = |p: &[netmod_calico::GlobalNetworkPolicy]| {
+        netmod_policy::ruleset_with_policies("h1", &eps, p, &|e| e.labels.clone())
+    };
+    let cases: Vec<(&str, Vec<netmod_calico::GlobalNetworkPolicy>)> = vec![
+        ("add one", {
+            let mut p = all.clone();
+            p.push(policy("new", 0, "client-of-db", 1234));
+            p
+        }),
+        ("change one", {
+            let mut p = all.clone();
+            p[1] = policy("web", 2, "db", 8080);
+            p
+        }),
+        ("delete one", all[..2].to_vec()),
+        ("delete all", vec![]),
+    ];
+    for (what, after) in cases {
+        let (ours, reference) = (TestNs::new(), TestNs::new());
+        let (before, want) = (table(&all), table(&after));
+        assert!(!netmod_policy::needs_replace(&before, &want), "{what}");
+        let changes = netmod_policy::diff(&before, &want);
+        ours.run(|| dp::nft_replace_all(&before))
+            .expect("replace_all");
+        ours.run(|| dp::nft_apply(&changes))
+            .unwrap_or_else(|e| panic!("{what}: {e}\n{changes:#?}"));
+        reference
+            .run(|| dp::nft_replace_all(&want))
+            .expect("replace_all");
+        assert_eq!(by_object(&ours), by_object(&reference), "{what}");
+    }
 }

@@ -181,6 +181,14 @@ pub enum Change {
         family: Family,
         elements: Vec<IpAddr>,
     },
+    /// Create a regular chain (no hook); nothing happens if it exists.
+    CreateChain(String),
+    /// Delete every rule of a chain.
+    FlushChain(String),
+    /// Delete an empty chain that no rule jumps to.
+    DeleteChain(String),
+    /// Delete a set that no rule uses.
+    DeleteSet(String),
 }
 
 impl fmt::Display for Match {

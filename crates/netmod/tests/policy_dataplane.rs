@@ -81,24 +81,52 @@ fn reaches(f: &Fabric, from: &str, to: &str, port: u16) -> bool {
     connects_with(&netns_of(f, from), &f.container(to).addr, port, 0.7)
 }
 
-/// A connection kept open, echoing a byte every 100 ms; the process prints
-/// "up" once connected and exits when an echo does not come back.
+/// A connection kept open, echoing a byte every 50 ms; the process prints
+/// "up" once connected, and when an echo does not come back within a
+/// second, "cut <wall-clock time of the last echo that came back>".
 const KEEP: &str = r#"
 import socket, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.0)
 s.sendall(b'x'); assert s.recv(1) == b'x'
+last = time.time()
 print('up', flush=True)
 while True:
-    time.sleep(0.1)
+    time.sleep(0.05)
     try:
         s.sendall(b'x')
         if s.recv(1) != b'x': break
+        last = time.time()
     except OSError:
         break
-print('cut', flush=True)
+print('cut %.6f' % last, flush=True)
 "#;
 
-fn keep(f: &Fabric, from: &str, to: &str, port: u16) -> KillOnDrop {
+/// An open connection and what it prints.
+struct Flow {
+    child: KillOnDrop,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Flow {
+    fn exited(&mut self) -> bool {
+        self.child.0.try_wait().unwrap().is_some()
+    }
+
+    /// When the last echo came back (wall clock), once the flow is cut.
+    fn last_echo(&mut self) -> std::time::SystemTime {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        let secs: f64 = line
+            .trim()
+            .strip_prefix("cut ")
+            .unwrap_or_else(|| panic!("flow said {line:?}"))
+            .parse()
+            .unwrap();
+        std::time::UNIX_EPOCH + Duration::from_secs_f64(secs)
+    }
+}
+
+fn keep(f: &Fabric, from: &str, to: &str, port: u16) -> Flow {
     let mut child = Command::new("nsenter")
         .arg(format!("--net=/proc/{}/ns/net", f.container(from).pid))
         .args([
@@ -119,13 +147,10 @@ fn keep(f: &Fabric, from: &str, to: &str, port: u16) -> KillOnDrop {
         "up",
         "{from} -> {to}:{port} connects before the policy"
     );
-    // The rest of the output stays in the pipe; exit status tells.
-    std::mem::forget(out);
-    KillOnDrop(child)
-}
-
-fn exited(k: &mut KillOnDrop) -> bool {
-    k.0.try_wait().unwrap().is_some()
+    Flow {
+        child: KillOnDrop(child),
+        out,
+    }
 }
 
 /// `netmod explain` says what was measured (exit 0 allowed, 3 dropped).
@@ -184,26 +209,38 @@ fn calico_allow_tcp_6379_between_two_hosts() {
 
     let policies = netmod_calico::parse_policies(ALLOW_6379).unwrap();
     let applied_at = Instant::now();
+    let stored_at = std::time::SystemTime::now();
     f.with_store(move |s| netmod_core::policies::apply(s, &policies).unwrap());
 
     // The policy is in force once web (not a frontend) is refused.
     wait_for(Duration::from_secs(10), "web refused by the policy", || {
         !reaches(&f, "web", "database", 6379)
     });
-    // Live tightening: the forbidden flow is cut within a second or so of
-    // the node applying; the allowed one carries on.
-    let cut = wait_until(Duration::from_secs(5), || exited(&mut forbidden_flow));
+    // Live tightening: the forbidden flow stops carrying data within a
+    // second of the policy being stored; the allowed one carries on.
+    let cut = wait_until(Duration::from_secs(5), || forbidden_flow.exited());
     assert!(
         cut.is_some(),
         "web's open connection to the database survived the policy"
     );
+    let last_echo = forbidden_flow.last_echo();
+    let carried_data_for = last_echo.duration_since(stored_at).unwrap_or_default();
     eprintln!(
-        "forbidden flow cut {:?} after the policy was stored",
+        "forbidden flow: last echo {} after the policy was stored \
+         (the probe noticed {:?} after)",
+        match last_echo.duration_since(stored_at) {
+            Ok(d) => format!("{d:?}"),
+            Err(e) => format!("-{:?}", e.duration()),
+        },
         applied_at.elapsed()
+    );
+    assert!(
+        carried_data_for < Duration::from_secs(1),
+        "the forbidden flow carried data {carried_data_for:?} after the policy was stored"
     );
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        !exited(&mut allowed_flow),
+        !allowed_flow.exited(),
         "frontend2's open connection on 6379 was cut, though the policy allows it"
     );
 
@@ -334,5 +371,141 @@ spec:
     assert!(
         f.connects("bystander", "other", 2.0),
         "control: web members reach each other"
+    );
+}
+
+/// Every object of host `ns`'s netmod table with its kernel handle, as
+/// ("chain NAME" | "set NAME" | "rule CHAIN#HANDLE" | "table", handle).
+fn handles(ns: &str) -> std::collections::BTreeMap<String, u64> {
+    let out = sh(&format!(
+        "ip netns exec {ns} nft -a -j list table inet netmod"
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut map = std::collections::BTreeMap::new();
+    for item in v["nftables"].as_array().unwrap() {
+        let (key, obj) = if let Some(o) = item.get("table") {
+            ("table".to_string(), o)
+        } else if let Some(o) = item.get("chain") {
+            (format!("chain {}", o["name"].as_str().unwrap()), o)
+        } else if let Some(o) = item.get("set") {
+            (format!("set {}", o["name"].as_str().unwrap()), o)
+        } else if let Some(o) = item.get("rule") {
+            (
+                format!("rule {}#{}", o["chain"].as_str().unwrap(), o["handle"]),
+                o,
+            )
+        } else {
+            continue;
+        };
+        map.insert(key, obj["handle"].as_u64().unwrap());
+    }
+    map
+}
+
+/// Applying a second policy, changing it and deleting it, with the first
+/// in force: the nodes change only the second policy's chains and sets and
+/// the dispatch chains (kernel handles of everything else stay, so nothing
+/// else was replaced), the table is never installed whole, and the first
+/// policy keeps deciding throughout.
+#[test]
+fn a_policy_change_touches_only_its_own_objects_in_the_kernel() {
+    require_lab();
+    let mut f = Fabric::new(1, "10.148.0.0/16");
+    f.launch("h1", "database", &["shop"]);
+    f.launch("h1", "frontend", &["shop"]);
+    f.launch("h1", "web", &["shop"]);
+    label(&f, "database", "database");
+    label(&f, "frontend", "frontend");
+    label(&f, "web", "web");
+    let _server = serve(&f, "database", 6379);
+    let first = netmod_calico::parse_policies(ALLOW_6379).unwrap();
+    f.with_store(move |s| netmod_core::policies::apply(s, &first).unwrap());
+    let h1 = f.host("h1").ns.clone();
+    let has_chain = |name: &str| handles(&h1).contains_key(&format!("chain {name}"));
+    wait_for(Duration::from_secs(10), "the first policy's chain", || {
+        has_chain("pi_allow-tcp-6379")
+    });
+    wait_for(Duration::from_secs(10), "web refused", || {
+        !reaches(&f, "web", "database", 6379)
+    });
+    let second = |port: u16| {
+        format!(
+            "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: web-out
+spec:
+  order: 5
+  selector: role == 'web'
+  egress:
+    - action: Deny
+      protocol: TCP
+      destination:
+        ports: [{port}]
+    - action: Allow
+"
+        )
+    };
+    // Objects the second policy may touch: its chains, its selector's sets,
+    // the dispatch chains (their jumps) and the "selected" sets.
+    let its_own = |key: &str| {
+        key.contains("pe_web-out")
+            || key.contains("pi_web-out")
+            || key.contains("policy_egress")
+            || key.contains("policy_ingress")
+            || key.starts_with("set sel_")
+            || key.starts_with("set selected_")
+    };
+    let mut before = handles(&h1);
+    for (step, yaml) in [
+        ("apply", Some(second(25))),
+        ("change", Some(second(26))),
+        ("delete", None),
+    ] {
+        match yaml {
+            Some(y) => {
+                let p = netmod_calico::parse_policies(&y).unwrap();
+                f.with_store(move |s| netmod_core::policies::apply(s, &p).unwrap());
+            }
+            None => {
+                f.with_store(|s| assert!(netmod_core::policies::delete(s, "web-out").unwrap()));
+            }
+        }
+        let expect_chain = step != "delete";
+        wait_for(Duration::from_secs(10), step, || {
+            let h = handles(&h1);
+            let rules_of_pe = h
+                .keys()
+                .filter(|k| k.starts_with("rule pe_web-out#"))
+                .count();
+            h.contains_key("chain pe_web-out") == expect_chain && (!expect_chain || rules_of_pe > 2)
+        });
+        let after = handles(&h1);
+        let changed: Vec<&String> = before
+            .iter()
+            .filter(|(k, v)| after.get(*k) != Some(*v))
+            .map(|(k, _)| k)
+            .filter(|k| !its_own(k))
+            .collect();
+        assert!(
+            changed.is_empty(),
+            "{step}: objects outside the policy's own changed: {changed:?}"
+        );
+        assert_eq!(before["table"], after["table"], "{step}: table replaced");
+        // The first policy still decides.
+        assert!(reaches(&f, "frontend", "database", 6379), "{step}");
+        assert!(!reaches(&f, "web", "database", 6379), "{step}");
+        before = after;
+    }
+    let log = f.node_log("h1");
+    assert_eq!(
+        log.matches("installing the netmod table").count(),
+        1,
+        "only the node's first resync installs the whole table: {log}"
     );
 }

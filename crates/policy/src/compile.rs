@@ -35,6 +35,10 @@ pub const CHAIN_POLICY_INGRESS: &str = "policy_ingress";
 pub const CHAIN_EGRESS_ALLOWED: &str = "egress_allowed";
 pub const CHAIN_PASS_EGRESS: &str = "pass_egress";
 pub const CHAIN_PASS_INGRESS: &str = "pass_ingress";
+/// Name prefixes of one policy's chains and of selector sets.
+pub const POLICY_EGRESS_CHAIN_PREFIX: &str = "pe_";
+pub const POLICY_INGRESS_CHAIN_PREFIX: &str = "pi_";
+pub const SELECTOR_SET_PREFIX: &str = "sel_";
 
 /// The NFLOG group of `Log` rules.
 pub const POLICY_LOG_GROUP: u16 = 7;
@@ -58,7 +62,11 @@ fn fnv(text: &str) -> u64 {
 
 /// The set of the addresses of the endpoints a selector matches.
 pub fn selector_set_name(sel: &Selector, f: Family) -> String {
-    format!("sel_{:016x}_{}", fnv(&sel.canonical()), f.suffix())
+    format!(
+        "{SELECTOR_SET_PREFIX}{:016x}_{}",
+        fnv(&sel.canonical()),
+        f.suffix()
+    )
 }
 
 /// Local endpoints selected by at least one policy of this direction.
@@ -76,8 +84,8 @@ fn dir_word(d: Direction) -> &'static str {
 /// The chain of one policy for one direction.
 pub fn policy_chain_name(policy: &str, d: Direction) -> String {
     let prefix = match d {
-        Direction::Ingress => "pi_",
-        Direction::Egress => "pe_",
+        Direction::Ingress => POLICY_INGRESS_CHAIN_PREFIX,
+        Direction::Egress => POLICY_EGRESS_CHAIN_PREFIX,
     };
     if policy.len() <= NAME_MAX {
         format!("{prefix}{policy}")

@@ -22,7 +22,7 @@ pub use compile::{
 };
 pub use explain::{explain, Decision, Hop, Packet, L4};
 pub use ruleset::{
-    diff, group_rule, group_set_name, has_stale_sets, needs_replace, ruleset,
+    diff, group_rule, group_set_name, is_policy_chain, is_policy_set, needs_replace, ruleset,
     ruleset_with_policies, validate_netgroup, BaseSets, CHAIN_NETGROUPS, ICMP_TYPES_NEVER_TO_HOST,
     NETGROUP_MAX_LEN,
 };

@@ -333,11 +333,22 @@ pub fn ruleset_with_policies(
 }
 
 /// The changes that bring `current` (what the kernel holds) to `desired`, as
-/// set and element operations plus one rule per new netgroup set. Sets that
-/// are no longer wanted are emptied, not deleted: deleting a set means
-/// deleting the rule that uses it, which a full resync does.
+/// ONE transaction's worth of steps, in an order the kernel accepts:
+/// 1. new sets (with their elements) and element changes of kept sets;
+/// 2. one rule per new netgroup set, appended to `netgroups`;
+/// 3. the policies' chains: new ones created, changed ones flushed and
+///    refilled, gone ones flushed and deleted (after every chain that
+///    jumped to them was refilled);
+/// 4. selector sets no policy uses any more, deleted once no rule uses them.
+///
+/// A policy's change touches only its own chains and selector sets, plus
+/// the dispatch chains' jumps when a policy comes, goes or moves in the
+/// order. Netgroup sets that are no longer wanted are emptied, not deleted
+/// (their rules sit among other netgroups' in `netgroups`; see
+/// [`needs_replace`]).
 pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<Change> {
     let mut changes = Vec::new();
+    let mut netgroup_rules = Vec::new();
     for (name, want) in &desired.sets {
         match current.sets.get(name) {
             None => {
@@ -353,7 +364,7 @@ pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<Change> {
                             .any(|m| matches!(m, Match::DaddrIn { set, .. } if set == name))
                     })
                 {
-                    changes.push(Change::AppendRule {
+                    netgroup_rules.push(Change::AppendRule {
                         chain: CHAIN_NETGROUPS.into(),
                         rule: rule.clone(),
                     });
@@ -368,8 +379,14 @@ pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<Change> {
             ),
         }
     }
+    let mut stale_policy_sets = Vec::new();
     for (name, have) in &current.sets {
-        if !desired.sets.contains_key(name) {
+        if desired.sets.contains_key(name) {
+            continue;
+        }
+        if is_policy_set(name) {
+            stale_policy_sets.push(Change::DeleteSet(name.clone()));
+        } else {
             push_element_changes(
                 &mut changes,
                 name,
@@ -379,32 +396,95 @@ pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<Change> {
             );
         }
     }
+    changes.extend(netgroup_rules);
+    changes.extend(policy_chain_changes(current, desired));
+    changes.extend(stale_policy_sets);
     changes
 }
 
-/// True when moving from `current` to `desired` takes more than sets,
-/// elements and new netgroup rules (which [`diff`] does): a policy came,
-/// went or changed (its chains), or sets are no longer wanted. The node then
-/// installs the whole table, atomically.
+/// Chains that compiled Calico policies own: the two dispatch chains and
+/// one chain per policy and direction. Only `netmod node` (and a whole
+/// install) writes them.
+pub fn is_policy_chain(name: &str) -> bool {
+    name == CHAIN_POLICY_EGRESS
+        || name == CHAIN_POLICY_INGRESS
+        || name.starts_with(POLICY_EGRESS_CHAIN_PREFIX)
+        || name.starts_with(POLICY_INGRESS_CHAIN_PREFIX)
+}
+
+/// A policy selector's set (`sel_<hash>_v4/v6`).
+pub fn is_policy_set(name: &str) -> bool {
+    name.starts_with(SELECTOR_SET_PREFIX)
+}
+
+fn policy_chain_changes(current: &Ruleset, desired: &Ruleset) -> Vec<Change> {
+    let policy_chains = |rs: &Ruleset| -> BTreeMap<String, Vec<Rule>> {
+        rs.chains
+            .iter()
+            .filter(|c| is_policy_chain(&c.name))
+            .map(|c| (c.name.clone(), c.rules.clone()))
+            .collect()
+    };
+    let (have, want) = (policy_chains(current), policy_chains(desired));
+    let mut create = Vec::new();
+    let mut fill = Vec::new();
+    for (name, rules) in &want {
+        match have.get(name) {
+            Some(old) if old == rules => continue,
+            Some(_) => fill.push(Change::FlushChain(name.clone())),
+            None => create.push(Change::CreateChain(name.clone())),
+        }
+        fill.extend(rules.iter().map(|r| Change::AppendRule {
+            chain: name.clone(),
+            rule: r.clone(),
+        }));
+    }
+    let mut remove = Vec::new();
+    for name in have.keys().filter(|n| !want.contains_key(*n)) {
+        remove.push(Change::FlushChain(name.clone()));
+    }
+    for name in have.keys().filter(|n| !want.contains_key(*n)) {
+        remove.push(Change::DeleteChain(name.clone()));
+    }
+    create.into_iter().chain(fill).chain(remove).collect()
+}
+
+/// True when moving from `current` to `desired` takes more than [`diff`]
+/// does: a chain other than the policies' and `netgroups` changed, or a
+/// netgroup's set is no longer wanted (its rule sits among the others in
+/// `netgroups`, which plugins append to concurrently). The node then
+/// installs the whole table, atomically. Policies coming, going or changing
+/// never need it.
 pub fn needs_replace(current: &Ruleset, desired: &Ruleset) -> bool {
     let structure = |rs: &Ruleset| -> Vec<ChainDef> {
         rs.chains
             .iter()
-            .filter(|c| c.name != CHAIN_NETGROUPS)
+            .filter(|c| c.name != CHAIN_NETGROUPS && !is_policy_chain(&c.name))
             .cloned()
             .collect()
     };
-    has_stale_sets(current, desired) || structure(current) != structure(desired)
+    let netgroups = |rs: &Ruleset| -> Vec<Rule> {
+        rs.chains
+            .iter()
+            .filter(|c| c.name == CHAIN_NETGROUPS)
+            .flat_map(|c| c.rules.clone())
+            .collect()
+    };
+    // `diff` only appends netgroup rules: what is there must stay as it is.
+    let (have, want) = (netgroups(current), netgroups(desired));
+    let appends_only = want.len() >= have.len() && want[..have.len()] == have[..];
+    has_stale_sets(current, desired) || structure(current) != structure(desired) || !appends_only
 }
 
-/// True when `current` holds sets that `desired` no longer wants (a netgroup
-/// left the host): removing them means removing the rules that use them, so
-/// the node installs the whole table instead of a diff.
-pub fn has_stale_sets(current: &Ruleset, desired: &Ruleset) -> bool {
+/// True when `current` holds netgroup sets that `desired` no longer wants
+/// (a netgroup left the host): removing them means removing the rules that
+/// use them, so the node installs the whole table instead of a diff.
+/// Selector sets are deleted by [`diff`].
+fn has_stale_sets(current: &Ruleset, desired: &Ruleset) -> bool {
     current
         .sets
         .keys()
-        .any(|name| !desired.sets.contains_key(name))
+        .any(|name| !desired.sets.contains_key(name) && !is_policy_set(name))
 }
 
 fn push_element_changes(

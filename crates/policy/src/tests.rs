@@ -193,6 +193,7 @@ fn apply(rs: &mut Ruleset, changes: &[Change]) {
                     s.elements.remove(e);
                 }
             }
+            other => panic!("netgroup changes need no {other:?}"),
         }
     }
 }

@@ -193,8 +193,226 @@ fn endpoint_churn_with_ten_policies_changes_only_elements() {
     assert!(changes.iter().any(|c| matches!(c,
         Change::AddElements { set, elements, .. } if *set == db_set
             && elements == &["192.168.0.9".parse::<std::net::IpAddr>().unwrap()])));
-    // A policy change is more than elements.
-    assert!(needs_replace(&a, &rs("h1", &before, &p[1..])));
+    // A policy change is more than elements, yet still a diff.
+    assert!(!needs_replace(&a, &rs("h1", &before, &p[1..])));
+}
+
+/// What the kernel does with a change list, on the model: chains keep
+/// their order of creation, as nf_tables lists them.
+fn apply_changes(rs: &mut Ruleset, changes: &[Change]) {
+    for c in changes {
+        match c {
+            Change::CreateSet(s) => {
+                assert!(rs.sets.insert(s.name.clone(), s.clone()).is_none(), "{c:?}");
+            }
+            Change::DeleteSet(name) => {
+                let used = rs.chains.iter().flat_map(|c| &c.rules).any(|r| {
+                    r.matches.iter().any(|m| match m {
+                        Match::SaddrIn { set, .. }
+                        | Match::DaddrIn { set, .. }
+                        | Match::AddrNotIn { set, .. } => set == name,
+                        _ => false,
+                    })
+                });
+                assert!(!used, "set {name} deleted while a rule uses it");
+                assert!(rs.sets.remove(name).is_some(), "{c:?}");
+            }
+            Change::CreateChain(name) => {
+                if !rs.chains.iter().any(|c| &c.name == name) {
+                    rs.chains.push(ChainDef {
+                        name: name.clone(),
+                        hook: None,
+                        rules: vec![],
+                    });
+                }
+            }
+            Change::FlushChain(name) => {
+                rs.chains
+                    .iter_mut()
+                    .find(|c| &c.name == name)
+                    .expect("flushed chain exists")
+                    .rules
+                    .clear();
+            }
+            Change::DeleteChain(name) => {
+                let jumped = rs.chains.iter().flat_map(|c| &c.rules).any(
+                    |r| matches!(&r.verdict, Verdict::Jump(t) | Verdict::Goto(t) if t == name),
+                );
+                assert!(!jumped, "chain {name} deleted while a rule jumps to it");
+                let i = rs.chains.iter().position(|c| &c.name == name).unwrap();
+                assert!(rs.chains[i].rules.is_empty(), "{name} deleted with rules");
+                rs.chains.remove(i);
+            }
+            Change::AppendRule { chain, rule } => {
+                for m in &rule.matches {
+                    if let Match::SaddrIn { set, .. }
+                    | Match::DaddrIn { set, .. }
+                    | Match::AddrNotIn { set, .. } = m
+                    {
+                        assert!(rs.sets.contains_key(set), "rule uses missing set {set}");
+                    }
+                }
+                if let Verdict::Jump(t) | Verdict::Goto(t) = &rule.verdict {
+                    assert!(
+                        rs.chains.iter().any(|c| &c.name == t),
+                        "jump to missing {t}"
+                    );
+                }
+                rs.chains
+                    .iter_mut()
+                    .find(|c| &c.name == chain)
+                    .expect("chain exists")
+                    .rules
+                    .push(rule.clone());
+            }
+            Change::AddElements { set, elements, .. } => {
+                rs.sets
+                    .get_mut(set)
+                    .unwrap()
+                    .elements
+                    .extend(elements.iter().copied());
+            }
+            Change::DeleteElements { set, elements, .. } => {
+                let s = rs.sets.get_mut(set).unwrap();
+                for e in elements {
+                    s.elements.remove(e);
+                }
+            }
+        }
+    }
+}
+
+/// Chains compared by name (the kernel's order of chains means nothing).
+fn by_name(rs: &Ruleset) -> BTreeMap<String, ChainDef> {
+    rs.chains
+        .iter()
+        .map(|c| (c.name.clone(), c.clone()))
+        .collect()
+}
+
+/// Objects a change list names.
+fn touched(changes: &[Change]) -> std::collections::BTreeSet<String> {
+    changes
+        .iter()
+        .map(|c| match c {
+            Change::CreateSet(s) => s.name.clone(),
+            Change::DeleteSet(n)
+            | Change::CreateChain(n)
+            | Change::FlushChain(n)
+            | Change::DeleteChain(n) => n.clone(),
+            Change::AppendRule { chain, .. } => chain.clone(),
+            Change::AddElements { set, .. } | Change::DeleteElements { set, .. } => set.clone(),
+        })
+        .collect()
+}
+
+/// Adding, changing and deleting one policy among many: the diff brings the
+/// table to exactly what a whole install would hold, and names only that
+/// policy's chains and sets, the dispatch chains (its jump) and the
+/// `selected_*` sets (endpoints it newly selects or no longer does).
+#[test]
+fn one_policy_change_touches_only_that_policys_objects() {
+    let mut many = Vec::new();
+    for i in 0..20 {
+        let text = MORE
+            .replace("name: web", &format!("name: p{i}"))
+            .replace("order: 10", &format!("order: {i}"))
+            .replace("role == 'web'", &format!("role == 'r{i}'"));
+        many.extend(parse_policies(&text).unwrap());
+    }
+    let eps = cluster();
+    let base = rs("h1", &eps, &many);
+    let added = parse_policies(
+        &ALLOW_6379
+            .replace("allow-tcp-6379", "new-one")
+            .replace("'frontend'", "'frontend-new'"),
+    )
+    .unwrap();
+    let mut with_new = many.clone();
+    with_new.extend(added.clone());
+    let mut changed = many.clone();
+    changed[7] = parse_policies(
+        &MORE
+            .replace("name: web", "name: p7")
+            .replace("order: 10", "order: 7")
+            .replace("[25]", "[26, 27]")
+            .replace("role == 'web'", "role == 'database'"),
+    )
+    .unwrap()
+    .remove(0);
+    let mut removed = many.clone();
+    removed.remove(3);
+    for (what, policy, after) in [
+        ("add", "new-one", with_new),
+        ("change", "p7", changed),
+        ("delete", "p3", removed),
+    ] {
+        let want = rs("h1", &eps, &after);
+        assert!(!needs_replace(&base, &want), "{what}");
+        let changes = diff(&base, &want);
+        let mut kernel = base.clone();
+        apply_changes(&mut kernel, &changes);
+        assert_eq!(by_name(&kernel), by_name(&want), "{what}: chains");
+        assert_eq!(kernel.sets, want.sets, "{what}: sets");
+        let names = touched(&changes);
+        let ok = |name: &String| {
+            name == CHAIN_POLICY_EGRESS
+                || name == CHAIN_POLICY_INGRESS
+                || name.starts_with("selected_")
+                || name.starts_with("sel_")
+                || *name == policy_chain_name(policy, netmod_calico::Direction::Egress)
+                || *name == policy_chain_name(policy, netmod_calico::Direction::Ingress)
+        };
+        assert!(names.iter().all(ok), "{what} touched {names:?}");
+        // Selector sets it touches are ones only it uses (p-others share none
+        // with it except role selectors of their own).
+        for n in names.iter().filter(|n| n.starts_with("sel_")) {
+            let others_use = base
+                .chains
+                .iter()
+                .chain(want.chains.iter())
+                .filter(|c| {
+                    c.name != policy_chain_name(policy, netmod_calico::Direction::Egress)
+                        && c.name != policy_chain_name(policy, netmod_calico::Direction::Ingress)
+                })
+                .flat_map(|c| &c.rules)
+                .any(|r| {
+                    r.matches.iter().any(|m| {
+                        matches!(m,
+                    Match::SaddrIn { set, .. } | Match::DaddrIn { set, .. }
+                    | Match::AddrNotIn { set, .. } if set == n)
+                    })
+                });
+            assert!(!others_use, "{what}: touched {n}, which other policies use");
+        }
+        // Other policies' chains are not flushed, refilled or deleted.
+        for c in &changes {
+            if let Change::FlushChain(n) | Change::DeleteChain(n) = c {
+                assert!(ok(n), "{what}: {c:?}");
+            }
+        }
+    }
+}
+
+/// A netgroup leaving the host still installs the whole table; a policy
+/// change alone never does.
+#[test]
+fn only_a_netgroup_leaving_needs_a_whole_install() {
+    let eps = cluster();
+    let p = policies();
+    let a = rs("h1", &eps, &p);
+    let mut fewer = eps.clone();
+    fewer.retain(|e| e.container_id != "web"); // the only "public" on h1
+    let gone_public = rs("h1", &fewer, &p);
+    // public is a base set; drop a netgroup instead: shop lives on h1 via
+    // db, fe, other.
+    let mut no_shop = eps.clone();
+    no_shop.retain(|e| e.host != "h1" || !e.netgroups.iter().any(|g| g == "shop"));
+    let b = rs("h1", &no_shop, &p);
+    assert!(needs_replace(&a, &b));
+    assert!(!needs_replace(&a, &gone_public));
+    assert!(!needs_replace(&a, &rs("h1", &eps, &p[..1])));
+    assert!(!needs_replace(&a, &rs("h1", &eps, &[])));
 }
 
 /// What Calico's semantics plus netmod's profiles say about one packet.

@@ -22,9 +22,12 @@ const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSET: u16 = 9;
 const NFT_MSG_GETSET: u16 = 10;
+const NFT_MSG_DELSET: u16 = 11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_GETSETELEM: u16 = 13;
 /// Deletes elements, succeeding for missing ones (kernel >= 6.3).
@@ -193,6 +196,31 @@ impl Batch {
             .str(NFTA_CHAIN_TYPE, "filter");
         }
         self.push(m, format!("add chain {}", chain.name));
+        Ok(())
+    }
+
+    /// Deletes every rule of a chain (DELRULE naming only the chain).
+    fn flush_chain(&mut self, chain: &str) -> Result<()> {
+        check_name("chain", chain)?;
+        let mut m = nft_msg(NFT_MSG_DELRULE, 0);
+        m.str(NFTA_RULE_TABLE, TABLE).str(NFTA_RULE_CHAIN, chain);
+        self.push(m, format!("flush chain {chain}"));
+        Ok(())
+    }
+
+    fn delete_chain(&mut self, chain: &str) -> Result<()> {
+        check_name("chain", chain)?;
+        let mut m = nft_msg(NFT_MSG_DELCHAIN, 0);
+        m.str(NFTA_CHAIN_TABLE, TABLE).str(NFTA_CHAIN_NAME, chain);
+        self.push(m, format!("delete chain {chain}"));
+        Ok(())
+    }
+
+    fn delete_set(&mut self, set: &str) -> Result<()> {
+        check_name("set", set)?;
+        let mut m = nft_msg(NFT_MSG_DELSET, 0);
+        m.str(NFTA_SET_TABLE, TABLE).str(NFTA_SET_NAME, set);
+        self.push(m, format!("delete set {set}"));
         Ok(())
     }
 
@@ -378,6 +406,14 @@ pub fn nft_apply(changes: &[Change]) -> Result<()> {
                 family,
                 elements,
             } => b.elements(NFT_MSG_DESTROYSETELEM, set, *family, elements)?,
+            Change::CreateChain(name) => b.chain(&ChainDef {
+                name: name.clone(),
+                hook: None,
+                rules: Vec::new(),
+            })?,
+            Change::FlushChain(name) => b.flush_chain(name)?,
+            Change::DeleteChain(name) => b.delete_chain(name)?,
+            Change::DeleteSet(name) => b.delete_set(name)?,
         }
     }
     b.commit().map_err(|e| match e {
