@@ -6,11 +6,17 @@
 //!    all four listen on 9000, every pair reaches.
 //! 3. Isolated — netgroups star-1 {A, B} and star-2 {C, D}: A↔B and C↔D
 //!    only; the collector (both groups and public) sees all four.
+//! 4. Policy — `netmod policy apply -f examples/demo-policy.yaml` against
+//!    the lab's store, with every task left running: C↔D turn red (star-2's
+//!    probes answer only the collector, on port 9000), A↔B stay, the probes
+//!    lose the collector's page and the browser keeps it. The same tasks in
+//!    the same containers before and after.
 //!
 //! At each step it prints what runs, what waits and why, the reachability
 //! matrix read from the collector, and whether it matches the story. It
-//! exits 0 only if all three match. The lab goes down at the end, on
-//! failure and on Ctrl-C, unless `--keep`.
+//! exits 0 only if all four match. The lab goes down at the end, on
+//! failure and on Ctrl-C, unless `--keep`; the demo's policies are deleted
+//! before it goes down, and stay (with the lab) under `--keep`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
@@ -47,6 +53,10 @@ pub const RESOURCE_FILES: [(&str, &str); 3] = [
     ),
 ];
 
+/// The fourth scene's Calico policies, and their names.
+pub const DEMO_POLICY: &str = include_str!("../../../examples/demo-policy.yaml");
+pub const DEMO_POLICY_NAMES: [&str; 2] = ["demo-star-collector", "demo-star-probes"];
+
 /// The collectors' fixed addresses in the per-task-IP scenes.
 pub const COLLECTOR_ROUTED: &str = "192.168.255.253";
 pub const COLLECTOR_ISOLATED: &str = "192.168.255.252";
@@ -68,12 +78,14 @@ pub struct DemoArgs {
     pub fabric: String,
 }
 
-/// The three scenes.
+/// The four scenes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scene {
     Before,
     Routed,
     Isolated,
+    /// Isolated, plus `examples/demo-policy.yaml`: only A↔B.
+    Policy,
 }
 
 /// reach[from][to]: `None` when `from` gave the collector no answer.
@@ -129,6 +141,9 @@ pub fn check(scene: Scene, m: &Matrix) -> Result<(), String> {
                 let group = |p: &str| matches!(p, "A" | "B");
                 group(from) == group(to)
             }
+            // demo-star-probes hands star-1's probes back to their netgroup
+            // and lets nobody but the collector reach star-2's.
+            Scene::Policy => matches!(from, "A" | "B") && matches!(to, "A" | "B"),
         }
     };
     match scene {
@@ -138,7 +153,7 @@ pub fn check(scene: Scene, m: &Matrix) -> Result<(), String> {
                 answering.len()
             ))
         }
-        Scene::Routed | Scene::Isolated if answering != all => {
+        Scene::Routed | Scene::Isolated | Scene::Policy if answering != all => {
             return Err(format!(
                 "expected all four probes answering, got {}",
                 answering
@@ -174,6 +189,35 @@ pub fn check(scene: Scene, m: &Matrix) -> Result<(), String> {
     } else {
         Err(wrong.join(", "))
     }
+}
+
+/// What differs between two matrices, one line per edge that changed
+/// (`C→D ✓ → ✗`), and a line per probe that started or stopped answering.
+pub fn changes(before: &Matrix, after: &Matrix) -> Vec<String> {
+    let mark = |b: Option<bool>| match b {
+        Some(true) => "✓",
+        Some(false) => "✗",
+        None => "?",
+    };
+    let mut out = Vec::new();
+    let ids: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for from in &ids {
+        let row = |m: &Matrix| m.get(*from).cloned().flatten();
+        match (row(before), row(after)) {
+            (Some(b), Some(a)) => {
+                for to in ids.iter().filter(|t| *t != from) {
+                    let (was, is) = (b.get(*to).copied(), a.get(*to).copied());
+                    if was != is {
+                        out.push(format!("{from}→{to} {} → {}", mark(was), mark(is)));
+                    }
+                }
+            }
+            (Some(_), None) => out.push(format!("{from} no longer answers the collector")),
+            (None, Some(_)) => out.push(format!("{from} now answers the collector")),
+            (None, None) => {}
+        }
+    }
+    out
 }
 
 /// The matrix as a small table.
@@ -485,7 +529,7 @@ fn play(spec: &SceneSpec, timeout: Duration) -> Result<(), LabError> {
             format!("http://{ip}:9001")
         }
         Scene::Routed => format!("http://{COLLECTOR_ROUTED}:9001"),
-        Scene::Isolated => format!("http://{COLLECTOR_ISOLATED}:9001"),
+        Scene::Isolated | Scene::Policy => format!("http://{COLLECTOR_ISOLATED}:9001"),
     };
     println!("  Names, from {}'s DNS:", cfg.agents[0].name);
     let names: Vec<String> = match spec.scene {
@@ -521,6 +565,230 @@ fn play(spec: &SceneSpec, timeout: Duration) -> Result<(), LabError> {
     }
 }
 
+/// `netmod --store <the lab's store> ARGS` (the netmod the lab runs), the
+/// command printed first when `show`; its exit status and output.
+fn netmod_in(cfg: &LabConfig, show: bool, args: &[&str]) -> Result<(i32, String), LabError> {
+    if show {
+        println!(
+            "  $ netmod --store {} {}",
+            crate::lab::shell_quote(&cfg.store),
+            args.join(" ")
+        );
+    }
+    let out = Command::new(&cfg.netmod)
+        .arg("--store")
+        .arg(&cfg.store)
+        .args(args)
+        .output()
+        .context(|| format!("cannot run {}", cfg.netmod.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.code().unwrap_or(-1), text))
+}
+
+fn print_indented(text: &str) {
+    for line in text.trim_end().lines() {
+        println!("    {line}");
+    }
+}
+
+fn netmod(cfg: &LabConfig, args: &[&str]) -> Result<(i32, String), LabError> {
+    netmod_in(cfg, true, args)
+}
+
+/// Deletes those of the demo's policies the lab's store holds (a store the
+/// user named outlives the lab, and the next demo's isolated scene must not
+/// start with them).
+fn delete_demo_policies(cfg: &LabConfig, why: &str) -> Result<(), LabError> {
+    let mut said = false;
+    for name in DEMO_POLICY_NAMES {
+        if netmod_in(cfg, false, &["policy", "get", name])?.0 != 0 {
+            continue;
+        }
+        if !std::mem::replace(&mut said, true) {
+            println!("  {why}");
+        }
+        let (code, out) = netmod(cfg, &["policy", "delete", name])?;
+        print_indented(&out);
+        if code != 0 {
+            return fail(format!("netmod policy delete {name} failed"));
+        }
+    }
+    Ok(())
+}
+
+/// One running task as Marathon and Mesos see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TaskRef {
+    task: String,
+    started: String,
+    container: String,
+}
+
+/// App id → its running task (Marathon's task id and start time) and the
+/// container Mesos runs it in, for every app of `/group`.
+fn running_tasks(group: &str) -> Result<BTreeMap<String, TaskRef>, LabError> {
+    let t = Duration::from_secs(3);
+    let cfg = LabConfig::load()?;
+    let state = http::get_json(&format!("{}/master/state.json", cfg.mesos_url()?), t)
+        .map_err(LabError::new)?;
+    let containers: BTreeMap<&str, &str> = state["frameworks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|f| f["tasks"].as_array().into_iter().flatten())
+        .filter_map(|t| Some((t["id"].as_str()?, t["container_id"].as_str()?)))
+        .collect();
+    let apps = http::get_json(&marathon("/v2/apps?embed=apps.tasks")?, t).map_err(LabError::new)?;
+    let mut out = BTreeMap::new();
+    for a in apps["apps"].as_array().into_iter().flatten() {
+        let id = a["id"].as_str().unwrap_or("");
+        if !id.starts_with(&format!("/{group}/")) {
+            continue;
+        }
+        for task in a["tasks"].as_array().into_iter().flatten() {
+            if task["state"] != "TASK_RUNNING" {
+                continue;
+            }
+            let task_id = task["id"].as_str().unwrap_or("").to_string();
+            out.insert(
+                id.to_string(),
+                TaskRef {
+                    container: containers.get(task_id.as_str()).unwrap_or(&"?").to_string(),
+                    started: task["startedAt"].as_str().unwrap_or("").to_string(),
+                    task: task_id,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The fourth scene: Calico policy applied to the running isolated scene.
+fn play_policy(title: &str, timeout: Duration) -> Result<(), LabError> {
+    let group = "star-isolated";
+    let collector = format!("http://{COLLECTOR_ISOLATED}:9001");
+    println!("\n== {title}");
+    println!(
+        "   Two Calico GlobalNetworkPolicies, applied while every task keeps running: the \
+         collector may reach the probes only on their probe port (9000), the probes may not \
+         open the collector's page (9001), star-1's probes keep their netgroup and star-2's \
+         answer only the collector. A↔B stay, C↔D turn red; the page stays yours."
+    );
+    let cfg = LabConfig::load()?;
+    let tasks_before = running_tasks(group)?;
+    if tasks_before.len() != 5 {
+        return fail(format!(
+            "expected the isolated scene's 5 tasks running, found {}",
+            tasks_before.len()
+        ));
+    }
+    let before = read_matrix(&collector).map_err(LabError::new)?;
+    let file = cfg.run_dir.join("demo-policy.yaml");
+    std::fs::write(&file, DEMO_POLICY).context(|| format!("cannot write {}", file.display()))?;
+    println!("  examples/demo-policy.yaml, as {}:", file.display());
+    let (code, out) = netmod(
+        &cfg,
+        &["policy", "apply", "-f", &file.display().to_string()],
+    )?;
+    print_indented(&out);
+    if code != 0 {
+        return fail("netmod policy apply failed");
+    }
+    println!("  The visualizer (no reload needed): {collector}/");
+    println!("  Reachability (from {collector}/responses):");
+    let after = match wait_matrix(Scene::Policy, &collector, timeout) {
+        Ok(m) => m,
+        Err((why, last)) => {
+            if let Some(m) = last {
+                for line in render(&m).lines() {
+                    println!("    {line}");
+                }
+            }
+            println!("  ✘ does not match the story: {why}");
+            return fail(why);
+        }
+    };
+    for line in render(&after).lines() {
+        println!("    {line}");
+    }
+    println!("  What changed since the isolated scene:");
+    let changed = changes(&before, &after);
+    if changed.is_empty() {
+        println!("    nothing");
+    }
+    for c in &changed {
+        println!("    {c}");
+    }
+    println!("  Why, from the policies:");
+    let why = [
+        ("probe-c", "probe-d", "9000/tcp", false),
+        ("probe-a", "probe-b", "9000/tcp", true),
+        ("collect", "probe-c", "9000/tcp", true),
+        ("probe-a", "collect", "9001/tcp", false),
+    ];
+    for (from, to, port, allowed) in why {
+        let (code, out) = netmod(
+            &cfg,
+            &[
+                "explain",
+                &format!("{from}.{group}"),
+                &format!("{to}.{group}"),
+                "--port",
+                port,
+            ],
+        )?;
+        // The verdict line; the rest (the hops) is `netmod explain`'s to show.
+        print_indented(out.lines().next().unwrap_or(""));
+        if code != if allowed { 0 } else { 3 } {
+            print_indented(out.split_once('\n').map_or("", |(_, rest)| rest));
+            return fail(format!(
+                "netmod explain {from} {to} --port {port}: exit status {code}, expected {}",
+                if allowed {
+                    "0 (allowed)"
+                } else {
+                    "3 (dropped)"
+                }
+            ));
+        }
+    }
+    let page = http::request(
+        "GET",
+        &format!("{collector}/"),
+        None,
+        Duration::from_secs(3),
+    )
+    .map_err(LabError::new)?;
+    if page.status != 200 {
+        return fail(format!(
+            "{collector}/ answered {} to this machine",
+            page.status
+        ));
+    }
+    println!(
+        "  {collector}/ still answers this machine (your browser): {}",
+        page.status
+    );
+    let tasks_after = running_tasks(group)?;
+    if tasks_after != tasks_before {
+        return fail(format!(
+            "tasks changed under the policy: before {tasks_before:?}, after {tasks_after:?}"
+        ));
+    }
+    println!("  No task restarted: the same tasks in the same containers:");
+    for (app, t) in &tasks_after {
+        println!(
+            "    {app:<24} {} (container {}, since {})",
+            t.task, t.container, t.started
+        );
+    }
+    println!("  ✔ matches the story");
+    Ok(())
+}
+
 /// `netmod demo`.
 pub fn run(args: &DemoArgs) -> Result<(), LabError> {
     if !util::is_root() {
@@ -531,7 +799,10 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
     }
     util::catch_termination();
     let timeout = Duration::from_secs(args.timeout);
-    println!("netmod demo: the seed's story on this machine — before, per-task IPs, isolated.");
+    println!(
+        "netmod demo: the seed's story on this machine — before, per-task IPs, isolated — \
+         then Calico policy on the running tasks."
+    );
     let urls = || -> String {
         LabConfig::load()
             .and_then(|c| {
@@ -546,7 +817,7 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
     let scenes = [
         SceneSpec {
             scene: Scene::Before,
-            title: "1/3 Before: vanilla Mesos, host ports only",
+            title: "1/4 Before: vanilla Mesos, host ports only",
             story: "Four probes must each listen on port 9000; two agents. Without a network \
                     isolator only one fits per agent: two run, two wait, and the two that run \
                     reach each other.",
@@ -557,7 +828,7 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
         },
         SceneSpec {
             scene: Scene::Routed,
-            title: "2/3 Per-task IPs: netmod gives every task its own address",
+            title: "2/4 Per-task IPs: netmod gives every task its own address",
             story: "All four probes get addresses from 192.168.0.0/16 and all listen on 9000, two \
                     per agent; all are in netgroup public, so every pair reaches. The collector \
                     has the fixed address 192.168.255.253.",
@@ -568,7 +839,7 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
         },
         SceneSpec {
             scene: Scene::Isolated,
-            title: "3/3 Isolated: netgroups decide who reaches whom",
+            title: "3/4 Isolated: netgroups decide who reaches whom",
             story: "A,B in star-1, C,D in star-2; the collector (192.168.255.252) in star-1, \
                     star-2 and public. A↔B and C↔D only; the collector reaches all four.",
             group: "star-isolated",
@@ -577,6 +848,7 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
             running: 5,
         },
     ];
+    const POLICY_TITLE: &str = "4/4 Policy: Calico GlobalNetworkPolicy on the running tasks";
     let mut results: Vec<(&str, Result<(), String>)> = Vec::new();
     let outcome = (|| -> Result<(), LabError> {
         println!("\n-- the \"before\" cluster");
@@ -595,11 +867,19 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
             None => lab_cmd(&["up", "--fabric", &args.fabric])?,
         }
         println!("  {}", urls());
+        // A store the user named may hold the policies of a kept demo.
+        delete_demo_policies(
+            &LabConfig::load()?,
+            "The store holds the demo's policies (a kept demo's): the scenes start without them.",
+        )?;
         for s in &scenes[1..] {
             interrupted()?;
             let r = play(s, timeout);
             results.push((s.title, r.map_err(|e| e.to_string())));
         }
+        interrupted()?;
+        let r = play_policy(POLICY_TITLE, timeout);
+        results.push((POLICY_TITLE, r.map_err(|e| e.to_string())));
         Ok(())
     })();
     let kept = args.keep && Path::new(&LabConfig::path()).exists();
@@ -607,7 +887,13 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
         println!("\nThe lab stays up (--keep):");
         println!("  {}", urls());
         println!("  visualizer http://{COLLECTOR_ROUTED}:9001/   (per-task IPs)");
-        println!("  visualizer http://{COLLECTOR_ISOLATED}:9001/   (isolated)");
+        println!(
+            "  visualizer http://{COLLECTOR_ISOLATED}:9001/   (isolated, with the demo's policies)"
+        );
+        println!(
+            "  the isolated scene again: netmod policy delete {}; netmod policy delete {}",
+            DEMO_POLICY_NAMES[0], DEMO_POLICY_NAMES[1]
+        );
         let lab = config::current();
         if lab.is_default() {
             println!("  remove it with: netmod lab down");
@@ -616,6 +902,15 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
         }
     } else {
         println!();
+        if let Ok(cfg) = LabConfig::load() {
+            if cfg.isolator {
+                if let Err(e) =
+                    delete_demo_policies(&cfg, "The demo's policies go before the lab does.")
+                {
+                    eprintln!("netmod demo: {e}");
+                }
+            }
+        }
         if let Err(e) = lab_cmd(&["down"]) {
             eprintln!("netmod demo: {e}");
         }
@@ -631,8 +926,8 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
         fail("interrupted")
     } else if let Err(e) = outcome {
         Err(e)
-    } else if results.len() == 3 && results.iter().all(|(_, r)| r.is_ok()) {
-        println!("All three scenes match the seed's story.");
+    } else if results.len() == 4 && results.iter().all(|(_, r)| r.is_ok()) {
+        println!("All four scenes match the story (the seed's three, then the policy).");
         Ok(())
     } else {
         fail("the demo does not match the seed's story (see above)")
@@ -705,6 +1000,81 @@ mod tests {
         let r = render(&before);
         assert!(r.contains("A →  ·  ✓  ✗  ✗"), "{r}");
         assert!(r.contains("(no answer"));
+    }
+
+    /// A matrix of all four probes, answering, `reach(from, to)` per edge.
+    fn full(reach: impl Fn(&str, &str) -> bool) -> Matrix {
+        let ids = ["A", "B", "C", "D"];
+        ids.iter()
+            .map(|f| {
+                let row = ids
+                    .iter()
+                    .filter(|t| *t != f)
+                    .map(|t| (t.to_string(), reach(f, t)))
+                    .collect();
+                (f.to_string(), Some(row))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_policy_scene_keeps_only_a_and_b() {
+        let star1 = |p: &str| matches!(p, "A" | "B");
+        let isolated = full(|f, t| star1(f) == star1(t));
+        let policy = full(|f, t| star1(f) && star1(t));
+        assert!(check(Scene::Policy, &policy).is_ok());
+        assert!(check(Scene::Isolated, &policy).is_err());
+        // The isolated matrix is what the policy scene starts from: C↔D
+        // must turn red before it matches.
+        let e = check(Scene::Policy, &isolated).unwrap_err();
+        assert_eq!(e, "C→D reaches (should not), D→C reaches (should not)");
+        // A↔B must stay: the policy hands star-1 back to its netgroup.
+        let e = check(Scene::Policy, &full(|_, _| false)).unwrap_err();
+        assert_eq!(
+            e,
+            "A→B does not reach (should), B→A does not reach (should)"
+        );
+        // Nothing the netgroups forbid may open up.
+        let e = check(
+            Scene::Policy,
+            &full(|f, t| (star1(f) && star1(t)) || (f, t) == ("C", "A")),
+        )
+        .unwrap_err();
+        assert_eq!(e, "C→A reaches (should not)");
+        // A probe the collector can no longer read is a failure, not red.
+        let mut silent = policy.clone();
+        silent.insert("C".into(), None);
+        assert!(check(Scene::Policy, &silent)
+            .unwrap_err()
+            .contains("all four"));
+        // What changed, as the demo prints it.
+        assert_eq!(changes(&isolated, &policy), ["C→D ✓ → ✗", "D→C ✓ → ✗"]);
+        assert!(changes(&policy, &policy).is_empty());
+        assert_eq!(
+            changes(&policy, &silent),
+            ["C no longer answers the collector"]
+        );
+    }
+
+    #[test]
+    fn the_demo_policy_file_names_its_policies_and_the_lab_labels() {
+        for name in DEMO_POLICY_NAMES {
+            assert!(DEMO_POLICY.contains(&format!("  name: {name}\n")), "{name}");
+        }
+        assert_eq!(DEMO_POLICY.matches("kind: GlobalNetworkPolicy").count(), 2);
+        // The lab's labels: `app` is the Marathon app id of the isolated
+        // scene's group.
+        assert!(DEMO_POLICY.contains("app == '/star-isolated/collect'"));
+        assert!(DEMO_POLICY.contains("app starts with '/star-isolated/probe-'"));
+        let g: Value = serde_json::from_str(STARS_ISOLATED).unwrap();
+        let ids: Vec<&str> = g["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["collect", "probe-a", "probe-b", "probe-c", "probe-d"]);
+        assert_eq!(g["id"], "/star-isolated");
     }
 
     #[test]

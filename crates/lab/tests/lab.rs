@@ -7,6 +7,8 @@
 //! and in netmod's endpoints, endpoints named after their task and app, a
 //! killed task restarted with its address released and its interface gone,
 //! bad Marathon input, bad `lab up` input, two labs side by side, the
+//! demo on etcd with its fourth scene (Calico policy on the running tasks,
+//! checked from inside them and on the page, then deleted live), the
 //! `export NETMOD_STORE=…` line, tasks forging launches to the agents'
 //! control ports (nothing runs), and `lab down` leaving nothing.
 //!
@@ -58,6 +60,7 @@ fn expected_edges(scene: Scene, running: &BTreeSet<String>) -> BTreeSet<(String,
                     Scene::Before => running.contains(f) && running.contains(t),
                     Scene::Routed => true,
                     Scene::Isolated => matches!(f, "A" | "B") == matches!(t, "A" | "B"),
+                    Scene::Policy => matches!(f, "A" | "B") && matches!(t, "A" | "B"),
                 };
             if ok {
                 out.insert((f.to_string(), t.to_string()));
@@ -786,9 +789,14 @@ fn two_labs_side_by_side_each_down_removes_only_its_own() {
 /// whole demo story passes unchanged. With `--keep` it ends by printing the
 /// `export NETMOD_STORE=…` line that, eval'd, shows netmod the kept lab's
 /// endpoints; `lab down` leaves nothing.
+///
+/// The fourth scene (Calico policy on the running isolated scene) stays
+/// applied under `--keep`: checked here by our own connections from inside
+/// the tasks' namespaces, on the page, and undone live with `netmod policy
+/// delete` — the isolated story again, with the same tasks throughout.
 #[test]
 fn the_demo_story_on_etcd() {
-    requirements(false);
+    requirements(true);
     etcd_requirement();
     let _pool = demo_pool();
     let mut lab = Lab::new("e", "10.234.104.0/24");
@@ -810,9 +818,19 @@ fn the_demo_story_on_etcd() {
     assert!(out.status.success(), "demo on etcd failed:\n{text}");
     assert!(text.contains("in the store etcd://"), "{text}");
     assert!(
-        text.contains("All three scenes match the seed's story."),
+        text.contains("All four scenes match the story (the seed's three, then the policy)."),
         "{text}"
     );
+    for line in [
+        "policy apply -f ",
+        "demo-star-collector  created",
+        "demo-star-probes     created",
+        "C→D ✓ → ✗",
+        "D→C ✓ → ✗",
+        "No task restarted",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
     lab.adopt();
     // The last line: the kept lab's store, the etcd server on the fabric.
     let export = store_export_line(&stdout);
@@ -835,6 +853,89 @@ fn the_demo_story_on_etcd() {
         })
         .collect();
     assert_eq!(tasks, want, "{eps:?}");
+
+    // --- the fourth scene, kept: the demo's policies are in the lab's store.
+    let store = lab.store();
+    let (code, v) = netmod_json(&store, &["policy", "list"]);
+    let names: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        (code, names),
+        (0, netmod_lab::demo::DEMO_POLICY_NAMES.to_vec()),
+        "{v}"
+    );
+    let iso = lab.wait_running("star-isolated", 5);
+    let task_ids = |tasks: &[Value]| -> BTreeSet<String> {
+        tasks
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let ip = |app: &str| -> String {
+        task_of(&iso, &format!("/star-isolated/{app}"))["ipAddresses"][0]["ipAddress"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let pid = |app: &str| {
+        task_pid(
+            task_of(&iso, &format!("/star-isolated/{app}"))["id"]
+                .as_str()
+                .unwrap(),
+        )
+    };
+    let probe = |p: &str| format!("probe-{}", p.to_lowercase());
+    let collector = "http://192.168.255.252:9001";
+    // Our own connections, from inside the tasks: what the policy says.
+    let inside = |scene: Scene| {
+        for f in PROBES {
+            for t in PROBES.iter().filter(|t| **t != f) {
+                let want = expected_edges(scene, &PROBES.iter().map(|s| s.to_string()).collect())
+                    .contains(&(f.to_string(), t.to_string()));
+                assert_eq!(
+                    reaches(pid(&probe(f)), &ip(&probe(t)), 9000),
+                    want,
+                    "{scene:?}: {f} → {t} from inside {f}"
+                );
+            }
+            assert!(
+                reaches(pid("collect"), &ip(&probe(f)), 9000),
+                "{scene:?}: the collector reaches {f} on its probe port"
+            );
+        }
+    };
+    wait_story(Scene::Policy, collector);
+    inside(Scene::Policy);
+    for f in PROBES {
+        assert!(
+            !reaches(pid(&probe(f)), "192.168.255.252", 9001),
+            "{f} may not open the collector's page"
+        );
+    }
+    // The page stays the user's: this machine (the browser) still gets it,
+    // and draws the policy's matrix.
+    let (status, page) = curl("GET", &format!("{collector}/"), None, None);
+    assert_eq!(status, 200, "{page}");
+    let all: BTreeSet<String> = PROBES.iter().map(|s| s.to_string()).collect();
+    check_page(&format!("{collector}/"), Scene::Policy, &all, "policy.png");
+    // Undone live: the isolated story again, the probes reach the page
+    // again, and not one task was restarted by either change.
+    for name in netmod_lab::demo::DEMO_POLICY_NAMES {
+        let (code, v) = netmod_json(&store, &["policy", "delete", name]);
+        assert_eq!(code, 0, "{v}");
+    }
+    wait_story(Scene::Isolated, collector);
+    inside(Scene::Isolated);
+    assert!(reaches(pid("probe-c"), "192.168.255.252", 9001));
+    assert_eq!(
+        task_ids(&lab.wait_running("star-isolated", 5)),
+        task_ids(&iso),
+        "no task restarted"
+    );
     lab.down("stop-cluster.sh", None);
     assert!(!has_route(DEMO_POOL));
 }

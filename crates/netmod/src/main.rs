@@ -85,7 +85,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The seed's demo story, unattended: before, per-task IPs, isolated (`netmod demo --help`).
+    /// The seed's demo story, unattended: before, per-task IPs, isolated, then a Calico policy applied live (`netmod demo --help`).
     #[command(disable_help_flag = true)]
     Demo {
         /// Arguments for `netmod-lab demo` (`netmod demo --help` lists them).
@@ -147,6 +147,12 @@ fn main() {
         std::process::exit(cni::main());
     }
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Mesos) {
+        // SAFETY: restoring the default disposition of SIGPIPE, before any
+        // thread starts: `netmod … | head` ends quietly, as other tools do,
+        // instead of panicking on a closed stdout.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let store_flag = cli.store.as_deref();
     let result = match cli.cmd {
         Cmd::Mesos => std::process::exit(mesos::main(store_flag)),
