@@ -5,6 +5,7 @@ use crate::error::{Context, Error, Result};
 use crate::netns::{in_netns_fd, open_netns};
 use crate::rtnl::{RouteReq, Rtnl};
 use ipnet::IpNet;
+use netmod_model::nft::Family;
 use netmod_model::{format_mac, ROUTE_PROTOCOL};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -67,7 +68,7 @@ impl PlugSpec {
     }
 }
 
-fn check_ifname(name: &str) -> Result<()> {
+pub(crate) fn check_ifname(name: &str) -> Result<()> {
     let bad = name.is_empty()
         || name.len() > 15
         || name == "."
@@ -203,6 +204,7 @@ fn route(dst: IpNet, gateway: Option<IpAddr>, oif: Option<u32>) -> RouteReq {
         onlink: false,
         protocol: ROUTE_PROTOCOL,
         replace: false,
+        blackhole: false,
     }
 }
 
@@ -315,8 +317,11 @@ pub fn list_routes() -> Result<Vec<RouteInfo>> {
     } else {
         HashMap::new()
     };
+    // Blackholes only in `owned_routes`: callers of this listing know only
+    // routes with a gateway or an interface.
     let mut routes: Vec<RouteInfo> = ours
         .into_iter()
+        .filter(|r| !r.blackhole)
         .map(|r| RouteInfo {
             dst: r.dst,
             via: r.gateway,
@@ -325,6 +330,132 @@ pub fn list_routes() -> Result<Vec<RouteInfo>> {
         .collect();
     routes.sort();
     Ok(routes)
+}
+
+/// Where a route netmod owns sends its traffic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteTarget {
+    /// `via GATEWAY`: the kernel finds the interface (the gateway must be
+    /// reachable by another route).
+    Via(IpAddr),
+    /// `via GATEWAY dev DEV onlink`: the gateway is taken to be on DEV's
+    /// link, with no route to it (another host's VXLAN address).
+    OnlinkVia { gateway: IpAddr, dev: String },
+    /// `blackhole`: dropped here, never sent anywhere (a block's
+    /// unassigned addresses; more specific routes still win).
+    Blackhole,
+    /// `dev DEV` (scope link for IPv4): a directly attached destination.
+    Dev(String),
+}
+
+/// A route of the main table carrying netmod's protocol number.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OwnedRoute {
+    pub dst: IpNet,
+    pub target: RouteTarget,
+}
+
+impl std::fmt::Display for OwnedRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.target {
+            RouteTarget::Via(gw) => write!(f, "{} via {gw}", self.dst),
+            RouteTarget::OnlinkVia { gateway, dev } => {
+                write!(f, "{} via {gateway} dev {dev} onlink", self.dst)
+            }
+            RouteTarget::Blackhole => write!(f, "blackhole {}", self.dst),
+            RouteTarget::Dev(dev) => write!(f, "{} dev {dev}", self.dst),
+        }
+    }
+}
+
+/// Every route of the main table with netmod's protocol number (110), both
+/// families, sorted: other hosts' blocks, blackholes, and the containers'
+/// host routes (`Dev`). A route through an interface whose name cannot be
+/// found any more is left out.
+pub fn owned_routes() -> Result<Vec<OwnedRoute>> {
+    let mut rtnl = Rtnl::open()?;
+    let ours = rtnl.routes(ROUTE_PROTOCOL).context("list routes")?;
+    let names: HashMap<u32, String> = if ours.iter().any(|r| r.oif.is_some()) {
+        let links = rtnl.links().context("list links")?;
+        links.into_iter().map(|l| (l.index, l.name)).collect()
+    } else {
+        HashMap::new()
+    };
+    let dev = |oif: Option<u32>| oif.and_then(|i| names.get(&i).cloned());
+    let mut routes: Vec<OwnedRoute> = ours
+        .into_iter()
+        .filter_map(|r| {
+            let target = match (r.blackhole, r.gateway, r.onlink) {
+                (true, _, _) => RouteTarget::Blackhole,
+                (false, Some(gateway), true) => RouteTarget::OnlinkVia {
+                    gateway,
+                    dev: dev(r.oif)?,
+                },
+                (false, Some(gw), false) => RouteTarget::Via(gw),
+                (false, None, _) => RouteTarget::Dev(dev(r.oif)?),
+            };
+            Some(OwnedRoute { dst: r.dst, target })
+        })
+        .collect();
+    routes.sort();
+    Ok(routes)
+}
+
+/// `ip route replace DST ... proto 110`: creates the route, or replaces the
+/// main table's route to DST (same metric) whatever it was.
+pub fn route_replace(r: &OwnedRoute) -> Result<()> {
+    let dst = r.dst.trunc();
+    let mut rtnl = Rtnl::open()?;
+    let mut index = |dev: &str| -> Result<u32> {
+        check_ifname(dev)?;
+        rtnl.link_index(dev)
+            .and_then(|i| i.ok_or_else(|| Error::errno("RTM_GETLINK", libc::ENODEV)))
+            .with_context(|| format!("find {dev}"))
+    };
+    let mut req = route(dst, None, None);
+    req.replace = true;
+    match &r.target {
+        RouteTarget::Via(gw) => req.gateway = Some(*gw),
+        RouteTarget::OnlinkVia { gateway, dev } => {
+            req.gateway = Some(*gateway);
+            req.oif = Some(index(dev)?);
+            req.onlink = true;
+        }
+        RouteTarget::Blackhole => req.blackhole = true,
+        RouteTarget::Dev(dev) => req.oif = Some(index(dev)?),
+    }
+    rtnl.add_route(&req).with_context(|| format!("route {r}"))
+}
+
+/// Deletes netmod's route (protocol 110) to `dst`, whatever its kind;
+/// Ok(false) when there was none. Other routes to `dst` are left alone.
+pub fn route_delete(dst: &IpNet) -> Result<bool> {
+    del_route(*dst)
+}
+
+/// Sets `/proc/sys/net/ipv4|ipv6/conf/IFACE/KEY` in the caller's namespace
+/// (written only when the value differs). `iface` may also be `all` or
+/// `default`; names with '/' or "..", or keys with '/' are refused.
+pub fn set_iface_sysctl(family: Family, iface: &str, key: &str, value: &str) -> Result<()> {
+    check_ifname(iface)?;
+    let bad_key = key.is_empty() || key.contains('/') || key.contains("..") || key.contains('\0');
+    if bad_key {
+        return Err(Error::invalid(
+            format!("sysctl key {key:?}"),
+            "need a single name without '/' or \"..\"",
+        ));
+    }
+    if value.contains('\n') || value.contains('\0') {
+        return Err(Error::invalid(
+            format!("sysctl value {value:?}"),
+            "need one line",
+        ));
+    }
+    let ip = match family {
+        Family::V4 => "ipv4",
+        Family::V6 => "ipv6",
+    };
+    sysctl(&format!("net/{ip}/conf/{iface}/{key}"), value)
 }
 
 /// Deletes every netmod route whose destination is not in `keep`; returns

@@ -58,6 +58,8 @@ pub(crate) struct RouteReq {
     pub protocol: u8,
     /// Replace an existing route to `dst` instead of failing with EEXIST.
     pub replace: bool,
+    /// RTN_BLACKHOLE (no gateway, no interface) instead of RTN_UNICAST.
+    pub blackhole: bool,
 }
 
 /// A route from a dump of the main table.
@@ -66,6 +68,9 @@ pub(crate) struct RawRoute {
     pub dst: IpNet,
     pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
+    /// RTNH_F_ONLINK: the gateway is taken to be on `oif`'s link.
+    pub onlink: bool,
+    pub blackhole: bool,
 }
 
 /// An rtnetlink socket, bound to the namespace it was opened in.
@@ -79,7 +84,7 @@ impl Rtnl {
     /// Sends `msg` asking for an ack and hands each data reply, as (type,
     /// payload), to `on_reply`, which decodes what it needs. The first reply
     /// it fails to decode fails the call, once the kernel has answered.
-    fn request(
+    pub(crate) fn request(
         &mut self,
         what: &str,
         flags: u16,
@@ -101,7 +106,12 @@ impl Rtnl {
     }
 
     /// A request whose only answer is the ack.
-    fn command(&mut self, what: &str, flags: u16, msg: RouteNetlinkMessage) -> Result<()> {
+    pub(crate) fn command(
+        &mut self,
+        what: &str,
+        flags: u16,
+        msg: RouteNetlinkMessage,
+    ) -> Result<()> {
         self.request(what, flags, msg, |_, _| Ok(()))
     }
 
@@ -233,11 +243,13 @@ impl Rtnl {
         self.command("RTM_NEWROUTE", flags, RouteNetlinkMessage::NewRoute(m))
     }
 
-    /// Deletes the route to `dst` with protocol `protocol` from the main table;
-    /// Ok(false) when there was none.
+    /// Deletes the route to `dst` with protocol `protocol` from the main table,
+    /// whatever its type and scope (as `ip route del` asks); Ok(false) when
+    /// there was none.
     pub fn del_route(&mut self, dst: &IpNet, protocol: u8) -> Result<bool> {
         let mut m = RouteMessage::default();
-        m.header = route_header(dst, protocol, RouteScope::Universe, RouteFlags::empty());
+        m.header = route_header(dst, protocol, RouteScope::NoWhere, RouteFlags::empty());
+        m.header.kind = RouteType::Unspec;
         m.attributes = vec![RouteAttribute::Destination(dst.addr().into())];
         match self.command("RTM_DELROUTE", 0, RouteNetlinkMessage::DelRoute(m)) {
             Ok(()) => Ok(true),
@@ -246,13 +258,14 @@ impl Rtnl {
         }
     }
 
-    /// Unicast routes of the main table with protocol `protocol`, both families.
+    /// Unicast and blackhole routes of the main table with protocol
+    /// `protocol`, both families.
     pub fn routes(&mut self, protocol: u8) -> Result<Vec<RawRoute>> {
         let m = RouteNetlinkMessage::GetRoute(RouteMessage::default());
         let mut routes = Vec::new();
         self.request("RTM_GETROUTE dump", NLM_F_DUMP, m, |ty, payload| {
             if ty == RTM_NEWROUTE {
-                routes.extend(main_unicast_route(payload, protocol)?);
+                routes.extend(main_route(payload, protocol)?);
             }
             Ok(())
         })?;
@@ -316,8 +329,15 @@ fn address_request(index: u32, addr: IpAddr, prefix: u8, nodad: bool) -> Address
 }
 
 fn route_request(r: &RouteReq) -> Result<RouteMessage> {
-    // An IPv4 route without a gateway is `scope link`, as `ip route` makes it.
-    let scope = if r.gateway.is_none() && r.dst.addr().is_ipv4() {
+    if r.blackhole && (r.gateway.is_some() || r.oif.is_some() || r.onlink) {
+        return Err(Error::invalid(
+            format!("blackhole route {}", r.dst),
+            "a blackhole route has no gateway and no interface",
+        ));
+    }
+    // An IPv4 route without a gateway is `scope link`, as `ip route` makes it
+    // (a blackhole stays `scope global`).
+    let scope = if r.gateway.is_none() && r.dst.addr().is_ipv4() && !r.blackhole {
         RouteScope::Link
     } else {
         RouteScope::Universe
@@ -329,6 +349,9 @@ fn route_request(r: &RouteReq) -> Result<RouteMessage> {
     };
     let mut m = RouteMessage::default();
     m.header = route_header(&r.dst, r.protocol, scope, flags);
+    if r.blackhole {
+        m.header.kind = RouteType::BlackHole;
+    }
     m.attributes = vec![RouteAttribute::Destination(r.dst.addr().into())];
     if let Some(gw) = r.gateway {
         if family(&gw) != family(&r.dst.addr()) {
@@ -391,17 +414,18 @@ fn ip(addr: &RouteAddress) -> Result<IpAddr, DecodeError> {
     }
 }
 
-/// The route in an RTM_NEWROUTE payload if it is a unicast route of the
-/// main table with protocol `protocol` (IPv4 or IPv6). Other routes are
-/// judged by their header alone, so only ours must decode whole.
-fn main_unicast_route(payload: &[u8], protocol: u8) -> Result<Option<RawRoute>, DecodeError> {
+/// The route in an RTM_NEWROUTE payload if it is a unicast or blackhole
+/// route of the main table with protocol `protocol` (IPv4 or IPv6). Other
+/// routes are judged by their header alone, so only ours must decode whole.
+fn main_route(payload: &[u8], protocol: u8) -> Result<Option<RawRoute>, DecodeError> {
     let h = RouteHeader::parse(payload)?;
     let unspecified = match h.address_family {
         AddressFamily::Inet => IpAddr::from([0u8; 4]),
         AddressFamily::Inet6 => IpAddr::from([0u8; 16]),
         _ => return Ok(None),
     };
-    if u8::from(h.protocol) != protocol || h.kind != RouteType::Unicast {
+    let blackhole = h.kind == RouteType::BlackHole;
+    if u8::from(h.protocol) != protocol || !(h.kind == RouteType::Unicast || blackhole) {
         return Ok(None);
     }
     let route = RouteMessage::parse(payload)?;
@@ -422,7 +446,17 @@ fn main_unicast_route(payload: &[u8], protocol: u8) -> Result<Option<RawRoute>, 
     }
     let dst = IpNet::new(dst, h.destination_prefix_length)
         .map_err(|e| DecodeError::from(format!("route destination: {e}")))?;
-    Ok(Some(RawRoute { dst, gateway, oif }))
+    // A blackhole's nexthop is `lo` (IPv6) or nothing: it has no interface.
+    if blackhole {
+        (gateway, oif) = (None, None);
+    }
+    Ok(Some(RawRoute {
+        dst,
+        gateway,
+        oif,
+        onlink: h.flags.contains(RouteFlags::Onlink),
+        blackhole,
+    }))
 }
 
 #[cfg(test)]
@@ -511,6 +545,7 @@ mod tests {
             onlink: true,
             protocol: 110,
             replace: false,
+            blackhole: false,
         };
         let msg = RouteNetlinkMessage::NewRoute(route_request(&default).unwrap());
         let wire = encode(NLM_F_CREATE | NLM_F_EXCL, 1, msg.clone());
@@ -540,6 +575,41 @@ mod tests {
             ..host_route
         };
         assert!(matches!(route_request(&mixed), Err(Error::Invalid { .. })));
+    }
+
+    #[test]
+    fn blackhole_request_is_typed_global_and_has_no_nexthop() {
+        let r = RouteReq {
+            dst: "fd4e:6d74:1::/122".parse().unwrap(),
+            gateway: None,
+            oif: None,
+            onlink: false,
+            protocol: 110,
+            replace: true,
+            blackhole: true,
+        };
+        let msg = RouteNetlinkMessage::NewRoute(route_request(&r).unwrap());
+        let wire = encode(NLM_F_CREATE | NLM_F_REPLACE, 1, msg.clone());
+        round_trips(&wire, msg);
+        let (_, flags, _, body) = split(&wire);
+        assert_ne!(flags & NLM_F_REPLACE, 0);
+        // family, dst_len, src_len, tos, table, protocol, scope, type
+        let rtmsg = [libc::AF_INET6 as u8, 122, 0, 0, 254, 110, 0, 6];
+        assert_eq!(&body[..8], &rtmsg);
+        let v4 = RouteReq {
+            dst: "10.99.0.0/26".parse().unwrap(),
+            ..r
+        };
+        let m = route_request(&v4).unwrap();
+        assert_eq!(m.header.scope, RouteScope::Universe, "not scope link");
+        let with_gw = RouteReq {
+            gateway: Some("10.0.0.1".parse().unwrap()),
+            ..v4
+        };
+        assert!(matches!(
+            route_request(&with_gw),
+            Err(Error::Invalid { .. })
+        ));
     }
 
     #[test]
@@ -603,6 +673,7 @@ mod tests {
             onlink: false,
             protocol: 110,
             replace: false,
+            blackhole: false,
         };
         let mut route = route_request(&ours).unwrap();
         let mut payload = vec![0; route.buffer_len()];
@@ -611,8 +682,10 @@ mod tests {
             dst: ours.dst,
             gateway: ours.gateway,
             oif: Some(3),
+            onlink: false,
+            blackhole: false,
         };
-        assert_eq!(main_unicast_route(&payload, 110).unwrap(), Some(want));
+        assert_eq!(main_route(&payload, 110).unwrap(), Some(want));
 
         // Someone else's route: never decoded past its header.
         route.header.protocol = RouteProtocol::Boot;
@@ -621,12 +694,12 @@ mod tests {
             RouteMessage::parse(&foreign[..]).is_err(),
             "strict decoding fails"
         );
-        assert_eq!(main_unicast_route(&foreign, 110).unwrap(), None);
+        assert_eq!(main_route(&foreign, 110).unwrap(), None);
         // Ours in another table (ids above 255 travel in RTA_TABLE).
         route.header.protocol = RouteProtocol::from(110);
         route.attributes.push(RouteAttribute::Table(1000));
         let mut payload = vec![0; route.buffer_len()];
         route.emit(&mut payload);
-        assert_eq!(main_unicast_route(&payload, 110).unwrap(), None);
+        assert_eq!(main_route(&payload, 110).unwrap(), None);
     }
 }

@@ -964,3 +964,181 @@ spec:
         assert_eq!(by_object(&ours), by_object(&reference), "{what}");
     }
 }
+
+/// What the overlay needs: raw transport-header bits (VXLAN's inner frame:
+/// ethertype, IPv4/IPv6 source prefixes, also unaligned and odd lengths) in
+/// an input chain, and `masquerade` in a nat postrouting chain.
+fn overlay_ruleset() -> Ruleset {
+    let bits = |offset, len, value: &[u8]| Match::TransportBits {
+        offset,
+        len,
+        value: value.to_vec(),
+    };
+    let udp = Match::L4Proto {
+        proto: 17,
+        negate: false,
+    };
+    let vxlan = Match::Port {
+        source: false,
+        first: 4789,
+        last: 4789,
+        negate: false,
+    };
+    let v6_src: Vec<u8> = "fd4e:6d74:1::"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets()[..7]
+        .to_vec();
+    let input = ChainDef {
+        name: "input".into(),
+        hook: Some(BaseHook {
+            kind: HookKind::Input,
+            priority: 0,
+            accept_by_default: true,
+        }),
+        rules: vec![
+            rule(
+                vec![
+                    udp.clone(),
+                    vxlan.clone(),
+                    bits(224, 16, &[0x08, 0x00]),
+                    bits(336, 16, &[10, 244]),
+                ],
+                Verdict::Accept,
+                "inner ipv4 /16",
+            ),
+            rule(
+                vec![bits(224, 16, &[0x08, 0x00]), bits(336, 12, &[10, 0xf0])],
+                Verdict::Accept,
+                "inner ipv4 /12",
+            ),
+            rule(
+                vec![bits(224, 16, &[0x86, 0xdd]), bits(304, 56, &v6_src)],
+                Verdict::Accept,
+                "inner ipv6 /56",
+            ),
+            rule(
+                vec![bits(304, 50, &[0xfd, 0x4e, 0x6d, 0x74, 0, 1, 0xc0])],
+                Verdict::Accept,
+                "inner ipv6 /50",
+            ),
+            rule(
+                vec![bits(304, 128, &[0xfd; 16])],
+                Verdict::Accept,
+                "128 bits",
+            ),
+            rule(vec![bits(3, 5, &[0xa8])], Verdict::Drop, "unaligned"),
+            rule(
+                vec![bits(12, 16, &[0xab, 0xcd])],
+                Verdict::Drop,
+                "unaligned 16",
+            ),
+            rule(vec![bits(336, 1, &[0x80])], Verdict::Drop, "one bit"),
+            rule(vec![udp, vxlan], Verdict::Drop, "other vxlan"),
+        ],
+    };
+    let postrouting = ChainDef {
+        name: "postrouting".into(),
+        hook: Some(BaseHook {
+            kind: HookKind::Postrouting,
+            priority: 100,
+            accept_by_default: true,
+        }),
+        rules: vec![
+            rule(
+                vec![
+                    Match::AddrInNet {
+                        source: true,
+                        net: "10.244.0.0/16".parse().unwrap(),
+                        negate: false,
+                    },
+                    Match::AddrInNet {
+                        source: false,
+                        net: "10.244.0.0/16".parse().unwrap(),
+                        negate: true,
+                    },
+                ],
+                Verdict::Masquerade,
+                "nat outgoing",
+            ),
+            rule(
+                vec![Match::OifPrefix("eth".into())],
+                Verdict::Masquerade,
+                "",
+            ),
+        ],
+    };
+    Ruleset {
+        chains: vec![input, postrouting],
+        sets: Default::default(),
+    }
+}
+
+#[test]
+fn overlay_matches_and_masquerade_are_what_nft_makes_of_them() {
+    if !prerequisites() {
+        return;
+    }
+    let rs = overlay_ruleset();
+    let (ours, reference) = (TestNs::new(), TestNs::new());
+    ours.run(|| dp::nft_replace_all(&rs)).expect("replace_all");
+    let file = std::env::temp_dir().join(format!("{}.nft", reference.name));
+    std::fs::write(&file, rs.to_string()).unwrap();
+    let out = reference.exec(&["nft", "-f", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{rs}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (ours.nft_json().unwrap(), reference.nft_json().unwrap());
+    assert_eq!(normalize(a), normalize(b), "{rs}");
+    assert_eq!(bytecode(&ours), bytecode(&reference), "{rs}");
+    let chains = objects(&ours, "chain");
+    assert_eq!(
+        chains[1],
+        json!({"family": "inet", "table": "netmod", "name": "postrouting", "type": "nat",
+               "hook": "postrouting", "prio": 100, "policy": "accept"})
+    );
+    let text = bytecode(&ours);
+    assert!(text.contains("[ masq ]"), "{text}");
+    assert!(
+        text.contains("[ payload load 2b @ transport header + 28 => reg 1 ]"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_transport_bits_are_refused() {
+    let bad = |offset, len, value: &[u8]| Ruleset {
+        chains: vec![ChainDef {
+            name: "c".into(),
+            hook: None,
+            rules: vec![rule(
+                vec![Match::TransportBits {
+                    offset,
+                    len,
+                    value: value.to_vec(),
+                }],
+                Verdict::Drop,
+                "",
+            )],
+        }],
+        sets: Default::default(),
+    };
+    if !prerequisites() {
+        return;
+    }
+    let ns = TestNs::new();
+    for rs in [
+        bad(0, 0, &[]),
+        bad(0, 129, &[0; 17]),
+        bad(0, 12, &[0xff, 0xff]), // bits past 12 set
+        bad(0, 16, &[0xff]),       // too short
+        bad(4, 128, &[0; 16]),     // spans 17 bytes
+    ] {
+        let e = ns.run(|| dp::nft_replace_all(&rs)).unwrap_err();
+        assert!(matches!(e.root(), Error::Invalid { .. }), "{e}");
+        assert!(ns.nft_json().is_none(), "nothing reached the kernel");
+    }
+}

@@ -111,6 +111,17 @@ pub enum Match {
     Limit { per_second: u64 },
     /// `log prefix "…" group N`: a statement, not a test; the rule goes on.
     Log { prefix: String, group: u16 },
+    /// `@th,OFFSET,LEN VALUE`: LEN bits (1..=128) of the transport header
+    /// from bit OFFSET equal `value`, which holds them left-aligned in
+    /// network order (`ceil(LEN/8)` bytes, bits past LEN zero). For VXLAN
+    /// (UDP header + 8 bytes of VXLAN header + inner Ethernet): the inner
+    /// ethertype is `@th,224,16`, the inner IPv4 source `@th,336,32`, the
+    /// inner IPv6 source `@th,304,128`.
+    TransportBits {
+        offset: u32,
+        len: u32,
+        value: Vec<u8>,
+    },
 }
 
 /// The burst nft gives `limit rate N/second` when none is written.
@@ -126,6 +137,10 @@ pub enum Verdict {
     Goto(String),
     /// No verdict: the next rule follows (a rule that only logs).
     Continue,
+    /// `masquerade`: source NAT to the address of the outgoing interface;
+    /// only in a `HookKind::Postrouting` (nat) chain. Ends the rule's chain
+    /// like `accept`.
+    Masquerade,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +155,27 @@ pub struct Rule {
 pub enum HookKind {
     Forward,
     Input,
+    /// `type nat hook postrouting`, for `masquerade` (priority 100 is
+    /// nft's `srcnat`).
+    Postrouting,
+}
+
+impl HookKind {
+    /// The nft chain type: `filter`, or `nat` for postrouting.
+    pub fn chain_type(self) -> &'static str {
+        match self {
+            HookKind::Forward | HookKind::Input => "filter",
+            HookKind::Postrouting => "nat",
+        }
+    }
+
+    pub fn hook_name(self) -> &'static str {
+        match self {
+            HookKind::Forward => "forward",
+            HookKind::Input => "input",
+            HookKind::Postrouting => "postrouting",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,8 +304,23 @@ impl fmt::Display for Match {
             }
             Match::Limit { per_second } => write!(f, "limit rate {per_second}/second"),
             Match::Log { prefix, group } => write!(f, "log prefix \"{prefix}\" group {group}"),
+            // nft reads the value as a LEN-bit integer: right-aligned.
+            Match::TransportBits { offset, len, value } => {
+                write!(f, "@th,{offset},{len} 0x{:x}", bits_value(*len, value))
+            }
         }
     }
+}
+
+/// The first `len` bits of `value` (left-aligned, network order) as an
+/// integer; bytes past 16 are ignored.
+fn bits_value(len: u32, value: &[u8]) -> u128 {
+    let n = value.len().min(16);
+    let whole = value[..n]
+        .iter()
+        .fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
+    let spare = (n as u32 * 8).saturating_sub(len);
+    whole.checked_shr(spare).unwrap_or(0)
 }
 
 fn addr_dir(source: bool) -> &'static str {
@@ -297,6 +348,7 @@ impl fmt::Display for Verdict {
             Verdict::Jump(c) => write!(f, "jump {c}"),
             Verdict::Goto(c) => write!(f, "goto {c}"),
             Verdict::Continue => Ok(()),
+            Verdict::Masquerade => write!(f, "masquerade"),
         }
     }
 }
@@ -334,10 +386,7 @@ impl fmt::Display for Ruleset {
         for chain in &self.chains {
             writeln!(f, "\tchain {} {{", chain.name)?;
             if let Some(hook) = &chain.hook {
-                let kind = match hook.kind {
-                    HookKind::Forward => "forward",
-                    HookKind::Input => "input",
-                };
+                let (ty, kind) = (hook.kind.chain_type(), hook.kind.hook_name());
                 let policy = if hook.accept_by_default {
                     "accept"
                 } else {
@@ -345,7 +394,7 @@ impl fmt::Display for Ruleset {
                 };
                 writeln!(
                     f,
-                    "\t\ttype filter hook {kind} priority {}; policy {policy};",
+                    "\t\ttype {ty} hook {kind} priority {}; policy {policy};",
                     hook.priority
                 )?;
             }

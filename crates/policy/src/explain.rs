@@ -140,6 +140,9 @@ fn matches(m: &Match, pkt: &Packet, rs: &Ruleset) -> bool {
         Match::Limit { .. } => true,
         // A statement: it logs, and the rule goes on.
         Match::Log { .. } => true,
+        // Raw transport bits check VXLAN's inner frame on the underlay,
+        // which an endpoint's packet never is.
+        Match::TransportBits { .. } => false,
     }
 }
 
@@ -171,6 +174,8 @@ fn walk(rs: &Ruleset, chain: &str, pkt: &Packet, depth: usize, trail: &mut Vec<S
         match &rule.verdict {
             Verdict::Accept => return decided(true, trail),
             Verdict::Drop => return decided(false, trail),
+            // NAT, then on like accept.
+            Verdict::Masquerade => return decided(true, trail),
             Verdict::Return => return Outcome::Return,
             Verdict::Continue => {
                 if rule.matches.iter().any(|m| matches!(m, Match::Log { .. })) {

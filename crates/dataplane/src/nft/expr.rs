@@ -100,6 +100,7 @@ enum Expr<'a> {
     Limit { rate: u64, unit: u64, burst: u32 },
     Log { prefix: &'a str, group: u16 },
     Verdict { code: i32, chain: Option<&'a str> },
+    Masq,
 }
 
 fn lower_match(m: &Match) -> Result<Vec<Expr<'_>>> {
@@ -226,7 +227,68 @@ fn lower_match(m: &Match) -> Result<Vec<Expr<'_>>> {
         ],
         Match::SaddrIn { set, family } => addr_in_set(*family, set, true),
         Match::DaddrIn { set, family } => addr_in_set(*family, set, false),
+        Match::TransportBits { offset, len, value } => transport_bits(*offset, *len, value)?,
     })
+}
+
+/// `@th,OFFSET,LEN VALUE`, as nft lowers it: load the bytes that hold the
+/// bits; when they are not exactly those bits, mask the others off and
+/// compare with the value shifted into place.
+fn transport_bits(offset: u32, len: u32, value: &[u8]) -> Result<Vec<Expr<'static>>> {
+    let what = || format!("match @th,{offset},{len}");
+    if !(1..=128).contains(&len) {
+        return Err(Error::invalid(what(), "need 1-128 bits"));
+    }
+    let value_bytes = len.div_ceil(8) as usize;
+    let spare = value_bytes as u32 * 8 - len;
+    let tail_clear = value
+        .last()
+        .is_some_and(|b| spare == 0 || b & ((1u8 << spare) - 1) == 0);
+    if value.len() != value_bytes || !tail_clear {
+        return Err(Error::invalid(
+            what(),
+            format!("the value must be {value_bytes} bytes with the bits past {len} zero"),
+        ));
+    }
+    let shift = offset % 8;
+    let load = (shift + len).div_ceil(8);
+    if load > 16 {
+        return Err(Error::invalid(what(), "spans more than 16 bytes"));
+    }
+    // The value and the mask, moved right by `shift` within `load` bytes.
+    let place = |bits: &[u8]| -> Vec<u8> {
+        let mut out = vec![0u8; load as usize];
+        for (i, b) in bits.iter().enumerate() {
+            let wide = u16::from(*b) << (8 - shift);
+            out[i] |= (wide >> 8) as u8;
+            if let Some(next) = out.get_mut(i + 1) {
+                *next |= wide as u8;
+            }
+        }
+        out
+    };
+    let ones: Vec<u8> = (0..value_bytes)
+        .map(|i| {
+            let keep = (len as usize).saturating_sub(i * 8).min(8);
+            (0xffu16 << (8 - keep)) as u8
+        })
+        .collect();
+    let mut e = vec![Expr::Payload {
+        base: NFT_PAYLOAD_TRANSPORT_HEADER,
+        offset: offset / 8,
+        len: load,
+    }];
+    if shift != 0 || spare != 0 {
+        e.push(Expr::Bitwise {
+            mask: place(&ones),
+            xor: vec![0; load as usize],
+        });
+    }
+    e.push(Expr::Cmp {
+        op: NFT_CMP_EQ,
+        data: place(value),
+    });
+    Ok(e)
 }
 
 /// `icmp type T [icmp code C]`, as nft lowers it: one 2-byte compare when
@@ -392,6 +454,7 @@ fn lower_verdict(v: &Verdict) -> Option<Expr<'_>> {
         Verdict::Jump(c) => (NFT_JUMP, Some(c.as_str())),
         Verdict::Goto(c) => (NFT_GOTO, Some(c.as_str())),
         Verdict::Continue => return None,
+        Verdict::Masquerade => return Some(Expr::Masq),
     };
     Some(Expr::Verdict { code, chain })
 }
@@ -410,6 +473,7 @@ impl Expr<'_> {
             Expr::Limit { .. } => "limit",
             Expr::Log { .. } => "log",
             Expr::Verdict { .. } => "immediate",
+            Expr::Masq => "masq",
         }
     }
 
@@ -465,6 +529,8 @@ impl Expr<'_> {
                     m.str(2, prefix); // PREFIX
                 }
             }
+            // nft's `masquerade` without options: no attributes.
+            Expr::Masq => {}
             Expr::Verdict { code, chain } => {
                 m.u32_be(1, NFT_REG_VERDICT).nest(2, |m| {
                     m.nest(NFTA_DATA_VERDICT, |m| {

@@ -60,6 +60,7 @@ const NFTA_SET_ELEM_KEY: u16 = 1;
 
 const NF_INET_LOCAL_IN: u32 = 1;
 const NF_INET_FORWARD: u32 = 2;
+const NF_INET_POST_ROUTING: u32 = 4;
 const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
 
@@ -180,6 +181,7 @@ impl Batch {
             let hooknum = match hook.kind {
                 HookKind::Forward => NF_INET_FORWARD,
                 HookKind::Input => NF_INET_LOCAL_IN,
+                HookKind::Postrouting => NF_INET_POST_ROUTING,
             };
             m.nest(NFTA_CHAIN_HOOK, |m| {
                 m.u32_be(NFTA_HOOK_HOOKNUM, hooknum)
@@ -193,7 +195,7 @@ impl Batch {
                     NF_DROP
                 },
             )
-            .str(NFTA_CHAIN_TYPE, "filter");
+            .str(NFTA_CHAIN_TYPE, hook.kind.chain_type());
         }
         self.push(m, format!("add chain {}", chain.name));
         Ok(())
