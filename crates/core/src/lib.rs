@@ -17,6 +17,7 @@ pub mod labels;
 pub mod node;
 pub mod policies;
 pub mod registry;
+pub mod routing;
 
 /// An error from the core, with its cause chained in.
 #[derive(Debug, thiserror::Error)]

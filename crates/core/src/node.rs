@@ -51,6 +51,8 @@ struct Metrics {
     /// write, or every node's write would make every node write again).
     report_applied: AtomicBool,
     ready: AtomicBool,
+    /// This host's VXLAN tunnel endpoint, for the host record.
+    vtep: std::sync::Mutex<Option<netmod_model::Vtep>>,
     /// The heartbeat reaches the datastore (it knows first when it does not).
     datastore_down: AtomicBool,
     endpoints: Gauge,
@@ -77,6 +79,7 @@ impl Metrics {
             report_applied: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             datastore_down: AtomicBool::new(false),
+            vtep: std::sync::Mutex::new(None),
             endpoints: Gauge::default(),
             sets: Gauge::default(),
             elements: Gauge::default(),
@@ -162,7 +165,10 @@ pub fn run(store: Arc<dyn Store>, config: NodeConfig) -> Result<(), CoreError> {
         ip: config.host_ip,
         ipv6: config.host_ipv6,
         applied_revision: None,
+        subnet: crate::routing::subnet_of(config.host_ip),
+        vtep: None,
     };
+    let me = host.clone();
     let lease_ttl = config.lease_ttl.max(Duration::from_secs(2));
     let mut heartbeat = Some((store.clone(), host, lease_ttl, metrics.clone()));
 
@@ -178,6 +184,9 @@ pub fn run(store: Arc<dyn Store>, config: NodeConfig) -> Result<(), CoreError> {
         endpoints: BTreeMap::new(),
         hosts: BTreeMap::new(),
         revision: 0,
+        me,
+        route_plan: crate::routing::Plan::default(),
+        host_routing: netmod_policy::HostRouting::default(),
     };
     let tampered = spawn_table_watch()?;
     let resync_every = config.resync_interval.max(Duration::from_secs(1));
@@ -265,6 +274,12 @@ struct Node {
     endpoints: BTreeMap<String, Endpoint>,
     hosts: BTreeMap<String, Host>,
     revision: Revision,
+    /// This host's record as the node writes it (its VTEP once it has one).
+    me: Host,
+    /// Routes and VXLAN entries to other hosts, as last computed.
+    route_plan: crate::routing::Plan,
+    /// The table's part of routing between hosts (NAT, VXLAN checks).
+    host_routing: netmod_policy::HostRouting,
 }
 
 impl Node {
@@ -315,6 +330,7 @@ impl Node {
             });
         }
         self.collect_stale_records(&links)?;
+        self.plan_routing()?;
         let desired = self.desired();
         // The first resync after start installs the whole table: sets of
         // netgroups that left this host while no node ran would otherwise
@@ -468,12 +484,71 @@ impl Node {
     }
 
     fn desired(&self) -> Ruleset {
-        netmod_policy::ruleset_with_policies(
+        let mut rs = netmod_policy::ruleset_with_policies(
             &self.hostname,
             &self.live_endpoints(),
             &self.policies,
             &crate::labels::endpoint_labels,
-        )
+        );
+        netmod_policy::add_host_routing(&mut rs, &self.host_routing);
+        rs
+    }
+
+    /// Compute the routes, VXLAN entries and NAT this host needs from the
+    /// pools, blocks and live hosts (applied by `sync_routes`, and through
+    /// `desired` in the table).
+    fn plan_routing(&mut self) -> Result<(), CoreError> {
+        let ipam = Ipam::new(&*self.store);
+        let pools = ipam.pools()?;
+        let mut hosts = self.hosts.clone();
+        hosts.insert(self.hostname.clone(), self.me.clone());
+        let mut blocks: BTreeMap<String, Vec<IpNet>> = BTreeMap::new();
+        for name in hosts.keys() {
+            blocks.insert(name.clone(), ipam.host_blocks(name)?);
+        }
+        let strays: Vec<(IpAddr, String)> = self
+            .endpoints
+            .values()
+            .filter(|ep| hosts.contains_key(&ep.host))
+            .flat_map(|ep| {
+                let own = &blocks[&ep.host];
+                ep.addrs()
+                    .filter(|a| !own.iter().any(|b| b.contains(a)))
+                    .map(|a| (a, ep.host.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let plan = crate::routing::plan(&crate::routing::Input {
+            me: &self.hostname,
+            hosts: &hosts,
+            pools: &pools,
+            blocks: &blocks,
+            strays: &strays,
+            bgp: false,
+        });
+        let mut vxlan_sources = plan.vxlan_sources.clone();
+        // A remote host's own addresses may be inner sources too (traffic
+        // the host itself sends into the overlay).
+        for (name, h) in &hosts {
+            if name == &self.hostname {
+                continue;
+            }
+            if let (Some(vtep), Some(nets)) = (&h.vtep, vxlan_sources.get_mut(&h.ip)) {
+                let _ = vtep;
+                nets.extend(std::iter::once(h.ip).chain(h.ipv6).map(IpNet::from));
+            }
+        }
+        self.host_routing = netmod_policy::HostRouting {
+            pools: pools.iter().map(|p| (p.cidr, p.nat_outgoing)).collect(),
+            vxlan_port: (plan.vxlan && self.me.ip.is_ipv4()).then_some(crate::routing::VXLAN_PORT),
+            vxlan_sources,
+            host_addrs: hosts
+                .values()
+                .flat_map(|h| std::iter::once(h.ip).chain(h.ipv6))
+                .collect(),
+        };
+        self.route_plan = plan;
+        Ok(())
     }
 
     /// Re-read the policies; the addresses of local endpoints that a policy
@@ -556,7 +631,10 @@ impl Node {
             } else if key.starts_with(crate::policies::POLICIES) {
                 relevant = true;
                 policies_changed = true;
-            } else if key.starts_with(HOSTS) || key.starts_with("ipam/affinity") {
+            } else if key.starts_with(HOSTS)
+                || key.starts_with("ipam/affinity")
+                || key.starts_with("ipam/pools/")
+            {
                 relevant = true;
                 if key.starts_with(HOSTS) {
                     self.hosts = EndpointRegistry::new(&*self.store).hosts()?;
@@ -610,6 +688,7 @@ impl Node {
     }
 
     fn apply_increment(&mut self) -> Result<(), CoreError> {
+        self.plan_routing()?;
         let desired = self.desired();
         match &self.applied {
             // A netgroup left this host: its set and rule go with a whole,
@@ -639,56 +718,30 @@ impl Node {
         self.sync_routes()
     }
 
-    /// Routes to every other live host's blocks, and /32s for their endpoints
-    /// whose address lies outside those blocks (borrowed or asked by value).
+    /// Routes to every other live host's blocks (direct or through the
+    /// vxlan device), /32s for their endpoints whose address lies outside
+    /// those blocks, blackholes for this host's own blocks; the vxlan
+    /// device and its entries. A new VTEP goes into the host record.
     fn sync_routes(&mut self) -> Result<(), CoreError> {
-        let ipam = Ipam::new(&*self.store);
-        let mut want: BTreeMap<IpNet, IpAddr> = BTreeMap::new();
-        let mut blocks_of: BTreeMap<&str, Vec<IpNet>> = BTreeMap::new();
-        for (name, host) in &self.hosts {
-            if *name == self.hostname {
-                continue;
-            }
-            let blocks = ipam.host_blocks(name)?;
-            for b in &blocks {
-                // A block is routed through the host's address of its own family.
-                let via = match b {
-                    IpNet::V4(_) if host.ip.is_ipv4() => Some(host.ip),
-                    IpNet::V6(_) => host.ipv6.or(Some(host.ip).filter(IpAddr::is_ipv6)),
-                    _ => None,
-                };
-                if let Some(via) = via {
-                    want.insert(*b, via);
-                }
-            }
-            blocks_of.insert(name, blocks);
+        let applied = crate::routing::apply(&self.route_plan, self.me.ip)?;
+        let vtep = applied.vtep_mac.map(|mac| netmod_model::Vtep {
+            ip: self.me.ip,
+            mac,
+        });
+        if vtep != self.me.vtep {
+            log(match &vtep {
+                Some(v) => format!(
+                    "vxlan device {} up, MAC {}",
+                    crate::routing::VXLAN_DEVICE,
+                    v.mac
+                ),
+                None => "no vxlan device".to_string(),
+            });
+            self.me.vtep = vtep.clone();
+            *self.metrics.vtep.lock().unwrap_or_else(|e| e.into_inner()) = vtep;
+            self.metrics.report_applied.store(true, Ordering::SeqCst);
         }
-        for ep in self.endpoints.values() {
-            let Some(blocks) = blocks_of.get(ep.host.as_str()) else {
-                continue;
-            };
-            let via = self.hosts[&ep.host].ip;
-            for a in ep.addrs() {
-                if !blocks.iter().any(|b| b.contains(&a)) && a.is_ipv4() == via.is_ipv4() {
-                    want.insert(IpNet::from(a), via);
-                }
-            }
-        }
-        let have: BTreeMap<IpNet, IpAddr> = dp::list_routes()?
-            .into_iter()
-            .filter_map(|r| r.via.map(|v| (r.dst, v)))
-            .collect();
-        for (dst, via) in &want {
-            if have.get(dst) != Some(via) {
-                dp::add_route(*dst, *via)?;
-            }
-        }
-        for dst in have.keys() {
-            if !want.contains_key(dst) {
-                dp::del_route(*dst)?;
-            }
-        }
-        self.metrics.routes.set(want.len() as i64);
+        self.metrics.routes.set(applied.routes as i64);
         Ok(())
     }
 
@@ -742,6 +795,11 @@ fn spawn_heartbeat(store: Arc<dyn Store>, mut host: Host, ttl: Duration, metrics
             if let (true, Some(id)) = (ok, lease) {
                 if metrics.report_applied.swap(false, Ordering::SeqCst) {
                     host.applied_revision = Some(metrics.applied_revision.load(Ordering::SeqCst));
+                    host.vtep = metrics
+                        .vtep
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
                     if let Err(e) = EndpointRegistry::new(&*store).register_host(&host, id) {
                         log(format!("cannot update host {}: {e}", host.name));
                         metrics.report_applied.store(true, Ordering::SeqCst);
@@ -755,6 +813,11 @@ fn spawn_heartbeat(store: Arc<dyn Store>, mut host: Host, ttl: Duration, metrics
                 {
                     host.applied_revision = Some(metrics.applied_revision.load(Ordering::SeqCst));
                 }
+                host.vtep = metrics
+                    .vtep
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 lease = store
                     .lease_grant(ttl)
                     .and_then(|id| {
@@ -809,10 +872,12 @@ pub struct Uninstalled {
     pub table: bool,
     pub interfaces: usize,
     pub routes: usize,
+    pub vxlan_device: bool,
 }
 
 /// Remove every object netmod created on this host: the table, the
-/// interfaces with our prefix, the routes with our protocol number.
+/// interfaces with our prefix, the routes with our protocol number (blackholes
+/// and routes through the vxlan device included) and the vxlan device.
 pub fn uninstall() -> Result<Uninstalled, CoreError> {
     let table = dp::nft_delete_table()?;
     let mut interfaces = 0;
@@ -823,10 +888,15 @@ pub fn uninstall() -> Result<Uninstalled, CoreError> {
         dp::unplug(&link.name)?;
         interfaces += 1;
     }
-    let routes = dp::del_routes_not_in(&BTreeSet::new())?.len();
+    let mut routes = 0;
+    for r in dp::owned_routes()? {
+        routes += usize::from(dp::route_delete(&r.dst)?);
+    }
+    let vxlan_device = dp::delete_link(crate::routing::VXLAN_DEVICE)?;
     Ok(Uninstalled {
         table,
         interfaces,
         routes,
+        vxlan_device,
     })
 }

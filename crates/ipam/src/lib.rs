@@ -69,7 +69,7 @@ pub enum IpamError {
     },
     #[error("pool {cidr} overlaps {what}")]
     PoolForbidden { cidr: IpNet, what: String },
-    #[error("pool {0} already exists with blocks /{1} and quarantine {2} s; remove it first (`netmod pool rm`) to change them")]
+    #[error("pool {0} already exists with blocks /{1} and quarantine {2} s; remove it first (`netmod pool rm`) to change those (`netmod pool set` changes its routing, NAT and whether it is disabled)")]
     PoolDiffers(IpNet, u8, u64),
     #[error("the record {0} cannot be read by this netmod (a newer version's record, or damage); upgrade netmod, or remove the record")]
     Unreadable(Undecodable),
@@ -87,6 +87,8 @@ pub enum IpamError {
     PoolInUse { pool: IpNet, live: usize },
     #[error("no pool {0}")]
     NoSuchPool(IpNet),
+    #[error("pool {0} is disabled: it hands out no new addresses (`netmod pool set {0} --disabled false`)")]
+    PoolDisabled(IpNet),
     #[error("invalid pool: {0}")]
     InvalidPool(String),
     #[error("invalid request: {0}")]
@@ -318,6 +320,22 @@ pub enum PoolAdded {
     Unchanged,
 }
 
+/// Routing and NAT options of a new pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolOptions {
+    pub vxlan_mode: netmod_model::VxlanMode,
+    pub nat_outgoing: bool,
+    pub disabled: bool,
+}
+
+/// What `pool set` changes (None: keep).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolChanges {
+    pub vxlan_mode: Option<netmod_model::VxlanMode>,
+    pub nat_outgoing: Option<bool>,
+    pub disabled: Option<bool>,
+}
+
 pub struct Ipam<'a> {
     store: &'a dyn Store,
     /// Pools as last read, with their revisions: every transaction checks them,
@@ -414,6 +432,24 @@ impl<'a> Ipam<'a> {
         quarantine_secs: u64,
         forbidden: &[Forbidden],
     ) -> Result<(Pool, PoolAdded)> {
+        self.add_pool_with(
+            cidr,
+            block_prefix,
+            quarantine_secs,
+            PoolOptions::default(),
+            forbidden,
+        )
+    }
+
+    /// `add_pool_checked` with routing and NAT options.
+    pub fn add_pool_with(
+        &self,
+        cidr: IpNet,
+        block_prefix: Option<u8>,
+        quarantine_secs: u64,
+        options: PoolOptions,
+        forbidden: &[Forbidden],
+    ) -> Result<(Pool, PoolAdded)> {
         if cidr.trunc() != cidr {
             return Err(IpamError::InvalidPool(format!(
                 "{cidr} has host bits set; did you mean {}?",
@@ -442,6 +478,9 @@ impl<'a> Ipam<'a> {
             cidr,
             block_prefix,
             quarantine_secs,
+            vxlan_mode: options.vxlan_mode,
+            nat_outgoing: options.nat_outgoing,
+            disabled: options.disabled,
         };
         let (pools, unreadable) = self.pools_checked()?;
         if let Some(same) = pools.iter().find(|p| p.cidr == cidr) {
@@ -474,6 +513,8 @@ impl<'a> Ipam<'a> {
             }
         }
         let key = pool_key(&cidr);
+        // The pools this handle cached are no longer all there are.
+        *self.pools.borrow_mut() = None;
         let out = self
             .store
             .txn(&[Compare::absent(&key)], &[Op::put(&key, encode(&pool))])?;
@@ -495,9 +536,43 @@ impl<'a> Ipam<'a> {
         Ok((pool, PoolAdded::Added))
     }
 
+    /// Change a pool's routing, NAT or disabled flag (what `changes` gives;
+    /// the range, block size and quarantine stay). Returns the pool as it
+    /// is now. Nodes follow through the change feed.
+    pub fn set_pool(&self, cidr: IpNet, changes: PoolChanges) -> Result<Pool> {
+        *self.pools.borrow_mut() = None;
+        retry_txn(
+            || {
+                let key = pool_key(&cidr);
+                let Some(kv) = self.store.get(&key)? else {
+                    return Err(IpamError::NoSuchPool(cidr).into_store_passthrough());
+                };
+                let mut pool: Pool = decode(&kv)?;
+                if let Some(m) = changes.vxlan_mode {
+                    pool.vxlan_mode = m;
+                }
+                if let Some(n) = changes.nat_outgoing {
+                    pool.nat_outgoing = n;
+                }
+                if let Some(d) = changes.disabled {
+                    pool.disabled = d;
+                }
+                let ops = [Op::put(&key, encode(&pool))];
+                Ok(self
+                    .store
+                    .txn(&[Compare::unchanged(&kv)], &ops)?
+                    .succeeded
+                    .then_some(pool))
+            },
+            MAX_ATTEMPTS,
+        )
+        .map_err(IpamError::from_store_passthrough)
+    }
+
     /// Remove a pool. Refused while it has live allocations, unless `force`,
     /// which also drops those allocations from their handles.
     pub fn remove_pool(&self, cidr: IpNet, force: bool) -> Result<usize> {
+        *self.pools.borrow_mut() = None;
         retry_txn(
             || {
                 let key = pool_key(&cidr);

@@ -354,6 +354,9 @@ impl<'s> Plan<'s> {
             }
             None => {}
         }
+        if pool.disabled {
+            return Err(IpamError::PoolDisabled(pool.cidr));
+        }
         let state = slot_state(block, ord, now);
         if state != SlotState::Free && !ignore_quarantine {
             return Err(self.quarantined(addr, state)?);
@@ -385,6 +388,13 @@ impl<'s> Plan<'s> {
         if pools.is_empty() {
             return Err(IpamError::NoPool(family_name(v6)));
         }
+        // Disabled pools hand out nothing new; what they hold stays.
+        let pools: Vec<&Pool> = match pools.iter().copied().filter(|p| !p.disabled).collect() {
+            enabled if Vec::is_empty(&enabled) => {
+                return Err(IpamError::PoolDisabled(pools[0].cidr))
+            }
+            enabled => enabled,
+        };
         self.load_affinity(host)?;
         let in_pool = |b: &Block| pools.iter().any(|p| p.cidr == b.pool);
         let own = |b: &Block| b.host.as_deref() == Some(host) && in_pool(b);

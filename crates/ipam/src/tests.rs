@@ -731,3 +731,92 @@ fn utc_formats_unix_milliseconds() {
     assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
     assert_eq!(utc(1_700_000_000_999), "2023-11-14 22:13:20 UTC");
 }
+
+#[test]
+fn a_disabled_pool_hands_out_nothing_new_and_keeps_what_it_holds() {
+    let (_d, s) = store();
+    let ipam = Ipam::new(&s);
+    let cidr: IpNet = "10.7.0.0/24".parse().unwrap();
+    ipam.add_pool(cidr, Some(28), 0).unwrap();
+    let a = ipam.allocate(&req("a", "h1", 1, 0)).unwrap();
+    let before = ipam.handle("a").unwrap();
+    let pool = ipam
+        .set_pool(
+            cidr,
+            PoolChanges {
+                disabled: Some(true),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(pool.disabled);
+    assert_eq!(ipam.pools().unwrap(), vec![pool.clone()], "stored");
+    // Nothing new: neither the next free address nor one asked by value.
+    assert!(matches!(
+        ipam.allocate(&req("b", "h1", 1, 0)),
+        Err(IpamError::PoolDisabled(c)) if c == cidr
+    ));
+    let mut by_value = req("c", "h1", 1, 0);
+    by_value.static_addrs = vec![ip("10.7.0.9")];
+    let err = ipam.allocate(&by_value).unwrap_err();
+    assert!(matches!(err, IpamError::PoolDisabled(_)), "{err}");
+    assert!(ipam.handle("b").unwrap().is_none() && ipam.handle("c").unwrap().is_none());
+    // What it holds stays, and asking again for it is still answered.
+    assert_eq!(ipam.handle("a").unwrap(), before);
+    assert_eq!(ipam.allocate(&req("a", "h1", 1, 0)).unwrap(), a);
+    // Another pool of the family still serves while this one is disabled.
+    ipam.add_pool("10.8.0.0/24".parse().unwrap(), Some(28), 0)
+        .unwrap();
+    let d = ipam.allocate(&req("d", "h1", 1, 0)).unwrap();
+    assert!(
+        "10.8.0.0/24"
+            .parse::<IpNet>()
+            .unwrap()
+            .contains(&IpAddr::V4(d.ipv4[0])),
+        "{d:?}"
+    );
+    // Enabled again: it serves again. Other settings were kept.
+    let pool = ipam
+        .set_pool(
+            cidr,
+            PoolChanges {
+                disabled: Some(false),
+                vxlan_mode: Some(netmod_model::VxlanMode::CrossSubnet),
+                nat_outgoing: Some(true),
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            pool.block_prefix,
+            pool.quarantine_secs,
+            pool.vxlan_mode,
+            pool.nat_outgoing
+        ),
+        (28, 0, netmod_model::VxlanMode::CrossSubnet, true)
+    );
+    ipam.allocate(&by_value).unwrap();
+    assert!(matches!(
+        ipam.set_pool("10.9.0.0/24".parse().unwrap(), PoolChanges::default()),
+        Err(IpamError::NoSuchPool(_))
+    ));
+    assert!(ipam.check_consistency().unwrap().is_empty());
+}
+
+#[test]
+fn pool_options_round_trip_and_old_records_read_as_defaults() {
+    let old = r#"{"cidr":"10.1.0.0/16","block_prefix":26,"quarantine_secs":60}"#;
+    let p: Pool = serde_json::from_str(old).unwrap();
+    assert_eq!(
+        (p.vxlan_mode, p.nat_outgoing, p.disabled),
+        (netmod_model::VxlanMode::Never, false, false)
+    );
+    // Defaults are not written: an old netmod reads a new default pool.
+    assert_eq!(serde_json::to_string(&p).unwrap(), old);
+    let mut q = p.clone();
+    q.vxlan_mode = netmod_model::VxlanMode::Always;
+    q.nat_outgoing = true;
+    let text = serde_json::to_string(&q).unwrap();
+    assert_eq!(serde_json::from_str::<Pool>(&text).unwrap(), q);
+    assert!(text.contains(r#""vxlan_mode":"Always""#), "{text}");
+}

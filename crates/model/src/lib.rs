@@ -31,6 +31,61 @@ pub struct Pool {
     pub block_prefix: u8,
     /// Seconds a released address is held back before it can be handed out again.
     pub quarantine_secs: u64,
+    /// How hosts carry this pool's traffic to each other.
+    #[serde(default, skip_serializing_if = "VxlanMode::is_never")]
+    pub vxlan_mode: VxlanMode,
+    /// Traffic from the pool to destinations outside every pool leaves with
+    /// the host's address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nat_outgoing: bool,
+    /// No new allocations; existing ones stay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
+/// Calico's `vxlanMode`: when a pool's traffic to another host is
+/// encapsulated in VXLAN.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum VxlanMode {
+    /// Routed directly: every host on one L2 segment (or BGP).
+    #[default]
+    Never,
+    /// Always encapsulated.
+    Always,
+    /// Encapsulated only to hosts on another subnet.
+    CrossSubnet,
+}
+
+impl VxlanMode {
+    pub fn is_never(&self) -> bool {
+        *self == VxlanMode::Never
+    }
+}
+
+impl std::fmt::Display for VxlanMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VxlanMode::Never => "Never",
+            VxlanMode::Always => "Always",
+            VxlanMode::CrossSubnet => "CrossSubnet",
+        })
+    }
+}
+
+impl std::str::FromStr for VxlanMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "Never" => Ok(VxlanMode::Never),
+            "Always" => Ok(VxlanMode::Always),
+            "CrossSubnet" => Ok(VxlanMode::CrossSubnet),
+            other => Err(format!(
+                "unknown VXLAN mode {other:?} (Always, CrossSubnet or Never)"
+            )),
+        }
+    }
 }
 
 impl Pool {
@@ -64,6 +119,21 @@ pub struct Host {
     /// addresses counts from the moment every live host is past the release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_revision: Option<u64>,
+    /// The IPv4 network of the interface that holds `ip`: hosts in another
+    /// one are "cross-subnet" (VXLAN `CrossSubnet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<IpNet>,
+    /// The host's VXLAN tunnel endpoint, once its node has the vxlan device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep: Option<Vtep>,
+}
+
+/// Where other hosts send this host's VXLAN traffic: the outer destination
+/// (the host's address) and the inner destination MAC (its vxlan device's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vtep {
+    pub ip: IpAddr,
+    pub mac: String,
 }
 
 /// A container plugged into the network on one host.

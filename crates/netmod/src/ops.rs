@@ -5,7 +5,7 @@ use crate::CliError;
 use ipnet::IpNet;
 use netmod_core::check::{self, CheckOptions};
 use netmod_ipam::{Forbidden, Ipam, PoolAdded};
-use netmod_model::AllocAttrs;
+use netmod_model::{AllocAttrs, Pool, VxlanMode};
 use netmod_store::Store;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -37,6 +37,29 @@ pub enum PoolCmd {
         /// Seconds a released address waits before it is handed out again.
         #[arg(long, default_value_t = netmod_ipam::DEFAULT_QUARANTINE_SECS)]
         quarantine: u64,
+        /// When hosts encapsulate this pool's traffic to each other in VXLAN: Always, CrossSubnet (only to hosts on another subnet) or Never (routed directly, or by BGP).
+        #[arg(long, default_value = "Never")]
+        vxlan_mode: VxlanMode,
+        /// Traffic from this pool to destinations outside every pool leaves with the host's address.
+        #[arg(long)]
+        nat_outgoing: bool,
+        /// Hand out no addresses from this pool (yet).
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// Change a pool's routing, NAT or disabled flag, live (its range, block size and quarantine stay).
+    Set {
+        /// The pool's range, exactly as it was added.
+        cidr: IpNet,
+        /// Always, CrossSubnet or Never.
+        #[arg(long)]
+        vxlan_mode: Option<VxlanMode>,
+        /// true or false (alone: true).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        nat_outgoing: Option<bool>,
+        /// true: no new allocations (existing ones stay); false: allocate again (alone: true).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        disabled: Option<bool>,
     },
     /// List pools with their usage.
     List,
@@ -127,12 +150,21 @@ pub fn pool(store: &dyn Store, cmd: PoolCmd, fmt: Format) -> Result<(), CliError
             cidr,
             block_size,
             quarantine,
+            vxlan_mode,
+            nat_outgoing,
+            disabled,
         } => {
             let forbidden = host_networks(&cidr)?;
-            let (pool, added) = ipam.add_pool_checked(cidr, block_size, quarantine, &forbidden)?;
+            let options = netmod_ipam::PoolOptions {
+                vxlan_mode,
+                nat_outgoing,
+                disabled,
+            };
+            let (pool, added) =
+                ipam.add_pool_with(cidr, block_size, quarantine, options, &forbidden)?;
             match fmt {
                 Format::Json => {
-                    let mut v = serde_json::to_value(&pool).expect("plain data serialises");
+                    let mut v = pool_json(&pool);
                     v["status"] = match added {
                         PoolAdded::Added => "added",
                         PoolAdded::Unchanged => "unchanged",
@@ -142,13 +174,33 @@ pub fn pool(store: &dyn Store, cmd: PoolCmd, fmt: Format) -> Result<(), CliError
                 }
                 Format::Table => match added {
                     PoolAdded::Added => println!(
-                        "pool {} added (blocks /{}, quarantine {} s)",
-                        pool.cidr, pool.block_prefix, pool.quarantine_secs
+                        "pool {} added (blocks /{}, quarantine {} s, {})",
+                        pool.cidr,
+                        pool.block_prefix,
+                        pool.quarantine_secs,
+                        pool_options_text(&pool)
                     ),
                     PoolAdded::Unchanged => {
                         println!("pool {} already exists, unchanged", pool.cidr)
                     }
                 },
+            }
+        }
+        PoolCmd::Set {
+            cidr,
+            vxlan_mode,
+            nat_outgoing,
+            disabled,
+        } => {
+            let changes = netmod_ipam::PoolChanges {
+                vxlan_mode,
+                nat_outgoing,
+                disabled,
+            };
+            let pool = ipam.set_pool(cidr, changes)?;
+            match fmt {
+                Format::Json => output::json(&pool_json(&pool)),
+                Format::Table => println!("pool {} now: {}", pool.cidr, pool_options_text(&pool)),
             }
         }
         PoolCmd::List => {
@@ -160,6 +212,9 @@ pub fn pool(store: &dyn Store, cmd: PoolCmd, fmt: Format) -> Result<(), CliError
                         "POOL",
                         "BLOCK",
                         "QUARANTINE",
+                        "VXLAN",
+                        "NAT",
+                        "STATE",
                         "USED",
                         "QUARANTINED",
                         "FREE",
@@ -173,6 +228,9 @@ pub fn pool(store: &dyn Store, cmd: PoolCmd, fmt: Format) -> Result<(), CliError
                                 p.cidr.to_string(),
                                 format!("/{}", p.block_prefix),
                                 format!("{}s", p.quarantine_secs),
+                                p.vxlan_mode.to_string(),
+                                if p.nat_outgoing { "outgoing" } else { "-" }.to_string(),
+                                if p.disabled { "disabled" } else { "enabled" }.to_string(),
                                 p.used.to_string(),
                                 p.quarantined.to_string(),
                                 p.free.to_string(),
@@ -194,6 +252,29 @@ pub fn pool(store: &dyn Store, cmd: PoolCmd, fmt: Format) -> Result<(), CliError
         }
     }
     Ok(())
+}
+
+/// A pool with every setting spelled out (the stored record leaves
+/// defaults out).
+fn pool_json(p: &Pool) -> serde_json::Value {
+    serde_json::json!({
+        "cidr": p.cidr,
+        "block_prefix": p.block_prefix,
+        "quarantine_secs": p.quarantine_secs,
+        "vxlan_mode": p.vxlan_mode,
+        "nat_outgoing": p.nat_outgoing,
+        "disabled": p.disabled,
+    })
+}
+
+/// A pool's routing, NAT and state in words.
+fn pool_options_text(p: &Pool) -> String {
+    format!(
+        "VXLAN {}, NAT outgoing {}, {}",
+        p.vxlan_mode,
+        if p.nat_outgoing { "on" } else { "off" },
+        if p.disabled { "disabled" } else { "enabled" }
+    )
 }
 
 /// Run an `ipam` command; false when `ipam check` found problems.

@@ -13,6 +13,7 @@
 
 mod compile;
 mod explain;
+mod hostnet;
 mod ruleset;
 
 pub use compile::{
@@ -21,6 +22,9 @@ pub use compile::{
     CHAIN_POLICY_EGRESS, CHAIN_POLICY_INGRESS, POLICY_LOG_GROUP, POLICY_LOG_RATE,
 };
 pub use explain::{explain, Decision, Hop, Packet, L4};
+pub use hostnet::{
+    add_host_routing, hosts_set_name, HostRouting, CHAIN_NAT_OUTGOING, CHAIN_VXLAN_IN,
+};
 pub use ruleset::{
     diff, group_rule, group_set_name, is_policy_chain, is_policy_set, needs_replace, ruleset,
     ruleset_with_policies, validate_netgroup, BaseSets, CHAIN_NETGROUPS, ICMP_TYPES_NEVER_TO_HOST,

@@ -402,11 +402,13 @@ pub fn diff(current: &Ruleset, desired: &Ruleset) -> Vec<Change> {
     changes
 }
 
-/// Chains that compiled Calico policies own: the two dispatch chains and
-/// one chain per policy and direction. Only `netmod node` (and a whole
-/// install) writes them.
+/// Chains that compiled Calico policies own (the two dispatch chains and
+/// one chain per policy and direction), and `vxlan_in`, which changes with
+/// hosts and blocks: only `netmod node` (and a whole install) writes them,
+/// so a diff may flush and refill them.
 pub fn is_policy_chain(name: &str) -> bool {
-    name == CHAIN_POLICY_EGRESS
+    name == crate::hostnet::CHAIN_VXLAN_IN
+        || name == CHAIN_POLICY_EGRESS
         || name == CHAIN_POLICY_INGRESS
         || name.starts_with(POLICY_EGRESS_CHAIN_PREFIX)
         || name.starts_with(POLICY_INGRESS_CHAIN_PREFIX)

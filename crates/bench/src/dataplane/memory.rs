@@ -129,6 +129,8 @@ fn populate(
                 ip: IpAddr::V4(fabric_ip(100 + k as u8)),
                 ipv6: None,
                 applied_revision: None,
+                subnet: None,
+                vtep: None,
             },
             lease,
         )?;

@@ -92,6 +92,11 @@ pub struct FabricOptions {
     pub ipv6: bool,
     /// `netmod node --stale-record-grace`, when set (else the node's default).
     pub stale_record_grace: Option<u64>,
+    /// Hosts from this one on (1-based) sit on a second subnet, behind the
+    /// fabric namespace as a router that knows nothing of the pools.
+    pub second_subnet_from: Option<usize>,
+    /// Extra flags of the fabric's `pool add` (e.g. `--vxlan-mode Always`).
+    pub pool_flags: &'static [&'static str],
 }
 
 impl Default for FabricOptions {
@@ -102,6 +107,8 @@ impl Default for FabricOptions {
             resync_interval: 5,
             ipv6: false,
             stale_record_grace: None,
+            second_subnet_from: None,
+            pool_flags: &[],
         }
     }
 }
@@ -273,6 +280,25 @@ impl Fabric {
                 "ip -n {fab} addr add {subnet6}::254/64 dev br0 nodad"
             ));
         }
+        let (subnet_b, subnet6_b) = (
+            format!("10.251.{}", 10 + id % 200),
+            format!("fdfb:0:{:x}:{}", std::process::id() & 0xffff, id % 10000),
+        );
+        if opts.second_subnet_from.is_some() {
+            // The fabric namespace routes between the two subnets, and
+            // only between them: it holds no route to any pool.
+            must(&format!(
+                "ip -n {fab} link add br1 type bridge && ip -n {fab} link set br1 up && \
+                 ip -n {fab} addr add {subnet_b}.254/24 dev br1 && \
+                 ip netns exec {fab} sysctl -qw net.ipv4.ip_forward=1"
+            ));
+            if opts.ipv6 {
+                must(&format!(
+                    "ip -n {fab} addr add {subnet6_b}::254/64 dev br1 nodad && \
+                     ip netns exec {fab} sysctl -qw net.ipv6.conf.all.forwarding=1"
+                ));
+            }
+        }
         let (addr, etcd) = match opts.backend {
             Backend::Sqlite => (store.path.display().to_string(), None),
             Backend::Etcd => {
@@ -298,6 +324,7 @@ impl Fabric {
         let out = Command::new("ip")
             .args(["netns", "exec", &fab, NETMOD, "--store", &fabric.addr])
             .args(["pool", "add", pool, "--quarantine", "1"])
+            .args(opts.pool_flags)
             .output()
             .unwrap();
         assert!(
@@ -308,19 +335,26 @@ impl Fabric {
         for i in 1..=n {
             let name = format!("h{i}");
             let ns = format!("{}-{name}", fabric.prefix);
-            let ip = format!("{subnet}.{i}");
+            let second = opts.second_subnet_from.is_some_and(|k| i >= k);
+            let (net, net6, bridge) = if second {
+                (&subnet_b, &subnet6_b, "br1")
+            } else {
+                (&subnet, &subnet6, "br0")
+            };
+            let ip = format!("{net}.{i}");
             must(&format!("ip netns add {ns}"));
             must(&format!(
                 "ip -n {fab} link add {name} type veth peer name eth0 netns {ns} && \
-                 ip -n {fab} link set {name} master br0 up && \
+                 ip -n {fab} link set {name} master {bridge} up && \
                  ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && \
-                 ip -n {ns} route add default via {subnet}.254"
+                 ip -n {ns} route add default via {net}.254"
             ));
-            let ip6 = opts
-                .ipv6
-                .then(|| canonical_ipv6(&format!("{subnet6}::{i}")));
+            let ip6 = opts.ipv6.then(|| canonical_ipv6(&format!("{net6}::{i}")));
             if let Some(ip6) = &ip6 {
                 must(&format!("ip -n {ns} addr add {ip6}/64 dev eth0 nodad"));
+                if opts.second_subnet_from.is_some() {
+                    must(&format!("ip -n {ns} -6 route add default via {net6}::254"));
+                }
             }
             fabric.hosts.push(FakeHost {
                 name,
