@@ -209,6 +209,10 @@ pub fn rule_alternatives(r: &netmod_calico::Rule) -> Vec<Vec<Match>> {
                 let choices = ipnet::IpNet::aggregate(&nets)
                     .into_iter()
                     .map(|net| {
+                        if net.prefix_len() == 0 {
+                            // Every address of the family.
+                            return vec![Match::NfProto(f)];
+                        }
                         vec![Match::AddrInNet {
                             source,
                             net,
@@ -225,8 +229,13 @@ pub fn rule_alternatives(r: &netmod_calico::Rule) -> Vec<Vec<Match>> {
                 .filter(|n| net_family(n) == f)
                 .copied()
                 .collect();
+            let not_nets = ipnet::IpNet::aggregate(&not_nets);
+            if not_nets.iter().any(|n| n.prefix_len() == 0) {
+                alts.clear(); // not in every address: never matches
+                break;
+            }
             let mut and = Vec::new();
-            for net in ipnet::IpNet::aggregate(&not_nets) {
+            for net in not_nets {
                 and.push(Match::AddrInNet {
                     source,
                     net,

@@ -673,3 +673,49 @@ fn an_endpoints_policy_sets_are_those_the_table_puts_it_in() {
         assert_eq!(got, want, "{}", e.container_id);
     }
 }
+
+/// `0.0.0.0/0` is every IPv4 address: as `nets` the family alone decides
+/// (the kernel refuses a zero-length address match, so none is made).
+#[test]
+fn the_whole_address_space_as_nets_and_not_nets() {
+    let rule = |text: &str| {
+        let p = parse_policies(&format!(
+            "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: p
+spec:
+  selector: all()
+  ingress:
+    - action: Allow
+      source:
+        {text}
+"
+        ))
+        .unwrap();
+        rule_alternatives(&p[0].ingress[0])
+    };
+    assert_eq!(
+        rule("nets: [0.0.0.0/0]"),
+        vec![vec![Match::NfProto(Family::V4)]]
+    );
+    assert_eq!(
+        rule("nets: ['::/0']"),
+        vec![vec![Match::NfProto(Family::V6)]]
+    );
+    // As notNets, Calico's parser already refuses it (the rule could never
+    // match); the compiler would drop the family's alternatives.
+    assert!(parse_policies(
+        "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: p
+spec:
+  ingress:
+    - action: Allow
+      source:
+        notNets: [0.0.0.0/0]
+"
+    )
+    .is_err());
+}

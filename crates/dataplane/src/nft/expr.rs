@@ -378,7 +378,19 @@ fn addr_in_net(net: &IpNet, source: bool, negate: bool) -> Vec<Expr<'static>> {
             data: vec![f.nfproto],
         },
     ];
-    if bits.is_multiple_of(8) {
+    if bits == 0 {
+        // Every address of the family: the family check alone decides
+        // (and "not in" it never holds). The kernel refuses a 0-byte load.
+        if negate {
+            e.push(Expr::Meta {
+                key: NFT_META_NFPROTO,
+            });
+            e.push(Expr::Cmp {
+                op: NFT_CMP_NEQ,
+                data: vec![f.nfproto],
+            });
+        }
+    } else if bits.is_multiple_of(8) {
         let n = bits / 8;
         e.push(Expr::Payload {
             base: NFT_PAYLOAD_NETWORK_HEADER,

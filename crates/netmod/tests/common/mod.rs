@@ -2,6 +2,7 @@
 //! store in a temporary directory and look at what it left behind.
 #![allow(dead_code)]
 
+pub mod calico_examples;
 pub mod hostile;
 pub mod lab;
 
