@@ -5,7 +5,9 @@
 //! Sources: shared/reference/calico-policy.md; Calico's docs (tigera/docs):
 //! reference/resources/globalnetworkpolicy, network-policy/policy-rules/
 //! icmp-ping, log-rules, external-ips-policy, get-started/
-//! kubernetes-default-deny and calico-policy/calico-network-policy.
+//! kubernetes-default-deny and calico-policy/calico-network-policy. Each
+//! example's one copy is `examples/calico/<name>.yaml` (its header names
+//! the page); the tests read it with `include_str!`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -49,27 +51,20 @@ fn rule(policy: &str, direction: Direction, index: usize) -> RuleRef {
 
 use Direction::{Egress, Ingress};
 
-const ALLOW_TCP_6379: &str = "\
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: allow-tcp-6379
-spec:
-  selector: role == 'database'
-  types:
-    - Ingress
-    - Egress
-  ingress:
-    - action: Allow
-      protocol: TCP
-      source:
-        selector: role == 'frontend'
-      destination:
-        ports:
-          - 6379
-  egress:
-    - action: Allow
-";
+/// One of Calico's documentation examples, as netmod keeps it:
+/// `examples/calico/<name>.yaml` (a comment naming its page, then the YAML).
+macro_rules! example {
+    ($name:literal) => {
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/calico/",
+            $name,
+            ".yaml"
+        ))
+    };
+}
+
+const ALLOW_TCP_6379: &str = example!("allow-tcp-6379");
 
 #[test]
 fn allow_tcp_6379_the_reference_example() {
@@ -143,12 +138,9 @@ fn allow_tcp_6379_the_reference_example() {
 
 #[test]
 fn reference_sample_with_rule_metadata_means_the_same() {
-    let with_meta = ALLOW_TCP_6379.replace(
-        "    - action: Allow\n      protocol: TCP\n",
-        "    - action: Allow\n      metadata:\n        annotations:\n          from: frontend\n          to: database\n      protocol: TCP\n",
-    );
+    let with_meta = example!("allow-tcp-6379-rule-metadata");
     let a = policies(ALLOW_TCP_6379);
-    let b = policies(&with_meta);
+    let b = policies(with_meta);
     assert_ne!(a, b, "annotations are kept");
     let f = flow(
         endpoint("10.0.0.1", &[("role", "frontend")]),
@@ -158,69 +150,11 @@ fn reference_sample_with_rule_metadata_means_the_same() {
     assert_eq!(evaluate(&a, &f), evaluate(&b, &f));
 }
 
-const BLOCK_ICMP: &str = "\
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: block-icmp
-spec:
-  order: 200
-  selector: all()
-  types:
-    - Ingress
-    - Egress
-  ingress:
-    - action: Deny
-      protocol: ICMP
-    - action: Deny
-      protocol: ICMPv6
-  egress:
-    - action: Deny
-      protocol: ICMP
-    - action: Deny
-      protocol: ICMPv6
-";
+const BLOCK_ICMP: &str = example!("block-icmp");
 
-const ALLOW_PING_IN_CLUSTER: &str = "\
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: allow-ping-in-cluster
-spec:
-  selector: all()
-  types:
-    - Ingress
-  ingress:
-    - action: Allow
-      protocol: ICMP
-      source:
-        selector: all()
-      icmp:
-        type: 8 # Ping request
-    - action: Allow
-      protocol: ICMPv6
-      source:
-        selector: all()
-      icmp:
-        type: 128 # Ping request
-";
+const ALLOW_PING_IN_CLUSTER: &str = example!("allow-ping-in-cluster");
 
-const ALLOW_HOST_UNREACHABLE: &str = "\
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: allow-host-unreachable
-spec:
-  selector: projectcalico.org/orchestrator == 'kubernetes'
-  types:
-    - Ingress
-  ingress:
-    - action: Allow
-      protocol: ICMP
-      icmp:
-        type: 3 # Destination unreachable
-        code: 1 # Host unreachable
-";
+const ALLOW_HOST_UNREACHABLE: &str = example!("allow-host-unreachable");
 
 #[test]
 fn block_icmp_denies_icmp_both_ways_and_everything_else_by_default() {
@@ -362,19 +296,7 @@ fn allow_host_unreachable_matches_type_and_code() {
 
 #[test]
 fn default_deny_for_everything() {
-    let ps = policies(
-        "\
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: default-deny
-spec:
-  selector: all()
-  types:
-    - Ingress
-    - Egress
-",
-    );
+    let ps = policies(example!("default-deny"));
     let v = evaluate(
         &ps,
         &flow(
@@ -388,22 +310,7 @@ spec:
     assert_eq!(v.ingress.decision.verdict(), Some(false));
 }
 
-const LOG_EVERYTHING: &str = "\
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-    name: log-everything-in-cluster
-spec:
-    order: 100000
-    tier: default
-    types:
-    - Ingress
-    - Egress
-    egress:
-    - action: Log
-    ingress:
-    - action: Log
-";
+const LOG_EVERYTHING: &str = example!("log-everything-in-cluster");
 
 #[test]
 fn log_everything_logs_and_then_the_tier_default_denies() {
@@ -466,21 +373,7 @@ fn log_everything_with_allow_tcp_6379() {
 
 #[test]
 fn deny_blue() {
-    let ps = policies(
-        "\
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: deny-blue
-spec:
-  selector: color == 'red'
-  ingress:
-    - action: Deny
-      protocol: TCP
-      source:
-        selector: color == 'blue'
-",
-    );
+    let ps = policies(example!("deny-blue"));
     // No types: Ingress only, as the policy has ingress rules only.
     assert!(ps[0].types.ingress && !ps[0].types.egress);
     let red = endpoint("10.0.0.1", &[("color", "red")]);
@@ -503,44 +396,13 @@ spec:
 #[test]
 fn doc_examples_that_use_unsupported_fields_are_refused_with_the_field() {
     // get-started: namespaceSelector in a rule.
-    let deny_circle_blue = "\
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: deny-circle-blue
-spec:
-  selector: color == 'red'
-  ingress:
-    - action: Deny
-      protocol: TCP
-      source:
-        selector: color == 'blue'
-        namespaceSelector: shape == 'circle'
-";
+    let deny_circle_blue = example!("deny-circle-blue");
     assert_eq!(
         parse_policies(deny_circle_blue).unwrap_err().to_string(),
         "document 1 (deny-circle-blue): spec.ingress[0].source.namespaceSelector: not supported by netmod: namespace selection (netmod has no namespaces); match endpoints with selector"
     );
     // kubernetes-default-deny: a policy-level namespaceSelector.
-    let deny_app_policy = "\
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: deny-app-policy
-spec:
-  namespaceSelector: has(projectcalico.org/name) && projectcalico.org/name not in {\"kube-system\", \"calico-system\", \"calico-apiserver\"}
-  types:
-  - Ingress
-  - Egress
-  egress:
-  # allow all namespaces to communicate to DNS pods
-  - action: Allow
-    protocol: UDP
-    destination:
-      selector: 'k8s-app == \"kube-dns\"'
-      ports:
-      - 53
-";
+    let deny_app_policy = example!("deny-app-policy");
     let e = parse_policies(deny_app_policy).unwrap_err();
     assert_eq!(e.path(), "spec.namespaceSelector");
     assert!(matches!(e.kind(), ErrorKind::Unsupported(_)));
@@ -552,37 +414,7 @@ spec:
     );
 }
 
-const IP_PROTECT: &str = "\
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: forward-default-allow
-spec:
-  selector: apply-ip-protect == 'true'
-  order: 1000
-  doNotTrack: true
-  applyOnForward: true
-  types:
-    - Ingress
-  ingress:
-    - action: Allow
----
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: ip-protect
-spec:
-  selector: apply-ip-protect == 'true'
-  order: 0
-  doNotTrack: true
-  applyOnForward: true
-  types:
-    - Ingress
-  ingress:
-    - action: Deny
-      source:
-        selector: ip-deny-list == 'true' && !has(projectcalico.org/namespace)
-";
+const IP_PROTECT: &str = example!("ip-protect");
 
 #[test]
 fn ip_protect_without_its_host_endpoint_options() {

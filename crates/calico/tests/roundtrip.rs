@@ -71,6 +71,9 @@ fn json_round_trip() {
 
 #[test]
 fn calico_documentation_example_round_trips_and_prints_like_calico() {
+    // examples/calico/allow-tcp-6379.yaml, deliberately in the layout
+    // Calico prints (sequences not indented under their key): the text is
+    // the expected output.
     let text = "\
 apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy

@@ -76,6 +76,8 @@ pub fn attach(store: &dyn Store, req: &AttachRequest) -> Result<Endpoint, StepEr
         source: req.source.to_string(),
         handle: req.handle.clone(),
     };
+    // Read before anything changes: a failure here leaves nothing behind.
+    let mtu = veth_mtu(store)?;
     let registry = Registry::new(store);
     registry.create_endpoint(&ep).map_err(|e| match e {
         RegistryError::Store(e) => step("recording the endpoint")(&e),
@@ -100,6 +102,7 @@ pub fn attach(store: &dyn Store, req: &AttachRequest) -> Result<Endpoint, StepEr
         container_mac: mac,
         ipv4: ep.ipv4.clone(),
         ipv6: ep.ipv6.clone(),
+        mtu,
     });
     if let Err(e) = plugged {
         let _ = remove_local_policy(&ep);
@@ -227,6 +230,18 @@ fn element_changes(ep: &Endpoint) -> Vec<(String, Family, Vec<IpAddr>)> {
         }
     }
     out
+}
+
+/// The veth MTU: room for the VXLAN header when any pool may be
+/// encapsulated (a 1500-byte uplink less 50), else the kernel's default.
+fn veth_mtu(store: &dyn Store) -> Result<Option<u32>, StepError> {
+    let pools = netmod_ipam::Ipam::new(store)
+        .pools()
+        .map_err(|e| step("reading pools")(&e))?;
+    Ok(pools
+        .iter()
+        .any(|p| p.vxlan_mode != netmod_model::VxlanMode::Never)
+        .then_some(1500 - crate::routing::VXLAN_OVERHEAD))
 }
 
 /// Open the new endpoint's profiles on this host: its addresses join the

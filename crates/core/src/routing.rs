@@ -218,6 +218,7 @@ pub(crate) fn apply(plan: &Plan, local: IpAddr) -> Result<Applied, dp::Error> {
             mtu: None,
         })?;
         vtep_mac = Some(mac_text(mac));
+        forward_ipv6_from(VXLAN_DEVICE)?;
         let want_fdb: BTreeMap<[u8; 6], IpAddr> = plan
             .fdb
             .iter()
@@ -291,6 +292,36 @@ pub(crate) fn apply(plan: &Plan, local: IpAddr) -> Result<Applied, dp::Error> {
         vtep_mac,
         routes: want.len(),
     })
+}
+
+/// Forward IPv6 that enters by `iface` (`force_forwarding`, kernel 6.17
+/// on), leaving `all.forwarding` alone: an uplink stays a host that takes
+/// its default route from router advertisements. On older kernels the
+/// plugin sets `all.forwarding` instead.
+pub fn forward_ipv6_from(iface: &str) -> Result<(), dp::Error> {
+    let key = format!("/proc/sys/net/ipv6/conf/{iface}/force_forwarding");
+    if std::path::Path::new(&key).exists() {
+        dp::set_iface_sysctl(
+            netmod_model::nft::Family::V6,
+            iface,
+            "force_forwarding",
+            "1",
+        )?;
+    }
+    Ok(())
+}
+
+/// The interfaces holding any of `addrs` (the host's uplinks).
+pub fn interfaces_holding(addrs: &[IpAddr]) -> Vec<String> {
+    let mut out: Vec<String> = dp::host_addresses()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, a)| addrs.contains(a))
+        .map(|(i, _)| i)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The IPv4 network of the interface holding `ip` (its connected route),

@@ -61,6 +61,7 @@ fn main() {
         container_mac: netmod_model::container_mac("bench", "eth0"),
         ipv4: vec![Ipv4Addr::new(10, 251, 7, 1)],
         ipv6: vec!["fd4e:6d74:7::1".parse().unwrap()],
+        mtu: None,
     };
     let results = dp::in_netns(&host.path(), || {
         let (mut plug, mut unplug, mut add, mut del) = (vec![], vec![], vec![], vec![]);

@@ -31,6 +31,9 @@ pub struct PlugSpec {
     pub container_mac: [u8; 6],
     pub ipv4: Vec<Ipv4Addr>,
     pub ipv6: Vec<Ipv6Addr>,
+    /// Both ends' MTU (None: the kernel's default): lower than the
+    /// uplink's when traffic may leave the host in a tunnel.
+    pub mtu: Option<u32>,
 }
 
 /// What `plug` made.
@@ -100,6 +103,7 @@ pub fn plug(spec: &PlugSpec) -> Result<Plugged> {
         &spec.container_iface,
         ns.as_fd(),
         &spec.container_mac,
+        spec.mtu,
     );
     if let Err(e) = created {
         return Err(explain_create_failure(&mut host, spec, e));
@@ -254,7 +258,16 @@ fn host_sysctls(spec: &PlugSpec) -> Result<()> {
     if !spec.ipv6.is_empty() {
         keys.push((format!("net/ipv6/conf/{hi}/proxy_ndp"), "1"));
         keys.push((format!("net/ipv6/conf/{hi}/forwarding"), "1"));
-        keys.push(("net/ipv6/conf/all/forwarding".to_string(), "1"));
+        // Forward what the container sends, without all.forwarding: that
+        // would make every interface a router, and the uplink would drop
+        // its router-advertised default route. Kernels before 6.17 have no
+        // per-interface switch.
+        if std::path::Path::new(&format!("/proc/sys/net/ipv6/conf/{hi}/force_forwarding")).exists()
+        {
+            keys.push((format!("net/ipv6/conf/{hi}/force_forwarding"), "1"));
+        } else {
+            keys.push(("net/ipv6/conf/all/forwarding".to_string(), "1"));
+        }
     }
     keys.iter().try_for_each(|(k, v)| sysctl(k, v))
 }
@@ -490,6 +503,7 @@ mod tests {
             container_mac: [0x0e, 0x6e, 0, 0, 0, 1],
             ipv4: vec![],
             ipv6: vec![],
+            mtu: None,
         };
         assert!(spec.validate().is_ok());
         spec.host_iface = "much-too-long-name".into();

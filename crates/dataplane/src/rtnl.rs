@@ -143,8 +143,9 @@ impl Rtnl {
         peer: &str,
         peer_ns: BorrowedFd<'_>,
         peer_mac: &[u8; 6],
+        mtu: Option<u32>,
     ) -> Result<()> {
-        let m = veth_request(name, peer, peer_ns.as_raw_fd(), peer_mac);
+        let m = veth_request(name, peer, peer_ns.as_raw_fd(), peer_mac, mtu);
         let flags = NLM_F_CREATE | NLM_F_EXCL;
         self.command("RTM_NEWLINK veth", flags, RouteNetlinkMessage::NewLink(m))
     }
@@ -292,13 +293,20 @@ fn skip_stats() -> LinkAttribute {
 
 /// RTM_NEWLINK for a veth, up, whose peer is born in the namespace `peer_ns`
 /// (IFLA_NET_NS_FD inside VETH_INFO_PEER) with its name and MAC.
-fn veth_request(name: &str, peer: &str, peer_ns: RawFd, peer_mac: &[u8; 6]) -> LinkMessage {
+fn veth_request(
+    name: &str,
+    peer: &str,
+    peer_ns: RawFd,
+    peer_mac: &[u8; 6],
+    mtu: Option<u32>,
+) -> LinkMessage {
     let mut peer_msg = LinkMessage::default();
     peer_msg.attributes = vec![
         LinkAttribute::IfName(peer.into()),
         LinkAttribute::NetNsFd(peer_ns),
         LinkAttribute::Address(peer_mac.to_vec()),
     ];
+    peer_msg.attributes.extend(mtu.map(LinkAttribute::Mtu));
     let mut m = LinkMessage::default();
     m.header.flags = LinkFlags::Up;
     m.header.change_mask = LinkFlags::Up;
@@ -309,6 +317,7 @@ fn veth_request(name: &str, peer: &str, peer_ns: RawFd, peer_mac: &[u8; 6]) -> L
             LinkKind::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
         ]),
     ];
+    m.attributes.extend(mtu.map(LinkAttribute::Mtu));
     m
 }
 
@@ -504,7 +513,7 @@ mod tests {
     #[test]
     fn veth_request_creates_the_peer_in_the_namespace_by_fd() {
         let mac = [0x0e, 0x6e, 1, 2, 3, 4];
-        let msg = RouteNetlinkMessage::NewLink(veth_request("nmv0a1b2", "eth0", 7, &mac));
+        let msg = RouteNetlinkMessage::NewLink(veth_request("nmv0a1b2", "eth0", 7, &mac, None));
         let wire = encode(NLM_F_CREATE | NLM_F_EXCL, 42, msg.clone());
         round_trips(&wire, msg);
 

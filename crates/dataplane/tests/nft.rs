@@ -388,24 +388,15 @@ fn compiled_policies_are_what_nft_makes_of_them() {
     if !prerequisites() {
         return;
     }
+    // Calico's allow-tcp-6379 example (in examples/calico/), then one
+    // policy with every kind of match.
     let policies = netmod_calico::parse_policies(
-        "apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: allow-tcp-6379
-spec:
-  selector: role == 'database'
-  types: [Ingress, Egress]
-  ingress:
-    - action: Allow
-      protocol: TCP
-      source:
-        selector: role == 'frontend'
-      destination:
-        ports: [6379]
-  egress:
-    - action: Allow
----
+        &[
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../examples/calico/allow-tcp-6379.yaml"
+            )),
+            "---
 apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy
 metadata:
@@ -447,6 +438,8 @@ spec:
       destination:
         ports: [25]
 ",
+        ]
+        .concat(),
     )
     .expect("policies");
     let ep = policy_endpoint;
@@ -778,6 +771,7 @@ fn rules_filter_forwarded_traffic_between_containers() {
         container_mac: netmod_model::container_mac(iface, "eth0"),
         ipv4: vec![addr.parse().unwrap()],
         ipv6: vec![],
+        mtu: None,
     };
     host.run(|| {
         dp::plug(&plug("nmtc1", &c1, "10.251.2.1")).unwrap();

@@ -18,6 +18,7 @@ fn spec(host_iface: &str, cont: &TestNs, v4: &[&str], v6: &[&str]) -> PlugSpec {
         container_mac: netmod_model::container_mac(host_iface, "eth0"),
         ipv4: v4.iter().map(|a| a.parse().unwrap()).collect(),
         ipv6: v6.iter().map(|a| a.parse().unwrap()).collect(),
+        mtu: None,
     }
 }
 
@@ -163,7 +164,10 @@ fn plug_v6_uses_nodad_addresses_and_the_link_local_gateway() {
     assert!(addrs(&host, "nmt6a", "inet6").contains("fe80::1/64"));
     assert_eq!(host.sysctl("net/ipv6/conf/nmt6a/proxy_ndp"), "1");
     assert_eq!(host.sysctl("net/ipv6/conf/nmt6a/forwarding"), "1");
-    assert_eq!(host.sysctl("net/ipv6/conf/all/forwarding"), "1");
+    // Forwarding per interface: the host's other interfaces stay hosts
+    // (their router advertisements keep working).
+    assert_eq!(host.sysctl("net/ipv6/conf/nmt6a/force_forwarding"), "1");
+    assert_eq!(host.sysctl("net/ipv6/conf/all/forwarding"), "0");
     assert_eq!(our_routes(&host, "-6"), set(&["fd4e:6d74::6 dev nmt6a"]));
     assert_eq!(our_routes(&host, "-4"), set(&["10.251.0.6 dev nmt6a"]));
 

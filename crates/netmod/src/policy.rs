@@ -271,26 +271,11 @@ fn delete(
 mod tests {
     use super::*;
 
-    const DOC_EXAMPLE: &str = "apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: allow-tcp-6379
-spec:
-  selector: role == 'database'
-  types:
-    - Ingress
-    - Egress
-  ingress:
-    - action: Allow
-      protocol: TCP
-      source:
-        selector: role == 'frontend'
-      destination:
-        ports:
-          - 6379
-  egress:
-    - action: Allow
-";
+    /// Calico's documentation example, in examples/calico/.
+    const DOC_EXAMPLE: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/calico/allow-tcp-6379.yaml"
+    ));
 
     #[test]
     fn the_list_row_of_calicos_example() {

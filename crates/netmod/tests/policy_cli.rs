@@ -8,27 +8,12 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Output, Stdio};
 
-/// Calico's documentation example, unchanged (shared/reference/calico-policy.md).
-const CALICO_EXAMPLE: &str = "apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: allow-tcp-6379
-spec:
-  selector: role == 'database'
-  types:
-    - Ingress
-    - Egress
-  ingress:
-    - action: Allow
-      protocol: TCP
-      source:
-        selector: role == 'frontend'
-      destination:
-        ports:
-          - 6379
-  egress:
-    - action: Allow
-";
+/// Calico's documentation example, unchanged (shared/reference/calico-policy.md),
+/// in examples/calico/ (a comment header, then the example).
+const CALICO_EXAMPLE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/calico/allow-tcp-6379.yaml"
+));
 
 /// A second, valid policy, to show that a bad file stores nothing of itself.
 const FRESH: &str = "apiVersion: projectcalico.org/v3

@@ -8,26 +8,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ALLOW_6379: &str = "apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: allow-tcp-6379
-spec:
-  selector: role == 'database'
-  types:
-    - Ingress
-    - Egress
-  ingress:
-    - action: Allow
-      protocol: TCP
-      source:
-        selector: role == 'frontend'
-      destination:
-        ports:
-          - 6379
-  egress:
-    - action: Allow
-";
+/// Calico's allow-tcp-6379 example, in examples/calico/.
+const ALLOW_6379: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/calico/allow-tcp-6379.yaml"
+));
 
 /// Give a launched container the label `role` (what a cluster manager's
 /// labels would carry), by rewriting its endpoint record.

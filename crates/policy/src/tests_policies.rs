@@ -37,26 +37,11 @@ fn labels(e: &Endpoint) -> BTreeMap<String, String> {
     l
 }
 
-const ALLOW_6379: &str = "apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: allow-tcp-6379
-spec:
-  selector: role == 'database'
-  types:
-    - Ingress
-    - Egress
-  ingress:
-    - action: Allow
-      protocol: TCP
-      source:
-        selector: role == 'frontend'
-      destination:
-        ports:
-          - 6379
-  egress:
-    - action: Allow
-";
+/// Calico's allow-tcp-6379 example, in examples/calico/.
+const ALLOW_6379: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/calico/allow-tcp-6379.yaml"
+));
 
 const MORE: &str = "apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy

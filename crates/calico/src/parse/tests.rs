@@ -1,27 +1,12 @@
 use super::*;
 
-/// Calico's documentation example, unchanged (shared/reference/calico-policy.md).
-pub(crate) const DOC_EXAMPLE: &str = "\
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: allow-tcp-6379
-spec:
-  selector: role == 'database'
-  types:
-    - Ingress
-    - Egress
-  ingress:
-    - action: Allow
-      protocol: TCP
-      source:
-        selector: role == 'frontend'
-      destination:
-        ports:
-          - 6379
-  egress:
-    - action: Allow
-";
+/// Calico's documentation example, unchanged (shared/reference/calico-policy.md):
+/// `examples/calico/allow-tcp-6379.yaml`, a comment header naming its page and
+/// then the example.
+pub(crate) const DOC_EXAMPLE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/calico/allow-tcp-6379.yaml"
+));
 
 fn parse_ok(text: &str) -> Vec<GlobalNetworkPolicy> {
     parse_policies(text).unwrap_or_else(|e| panic!("should parse: {e}\n---\n{text}"))
@@ -100,31 +85,10 @@ fn calico_documentation_example() {
 #[test]
 fn current_calico_reference_sample_with_rule_metadata() {
     // docs.tigera.io, GlobalNetworkPolicy reference, "Sample YAML".
-    let p = one("\
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: allow-tcp-6379
-spec:
-  selector: role == 'database'
-  types:
-    - Ingress
-    - Egress
-  ingress:
-    - action: Allow
-      metadata:
-        annotations:
-          from: frontend
-          to: database
-      protocol: TCP
-      source:
-        selector: role == 'frontend'
-      destination:
-        ports:
-          - 6379
-  egress:
-    - action: Allow
-");
+    let p = one(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/calico/allow-tcp-6379-rule-metadata.yaml"
+    )));
     let a = &p.ingress[0].annotations;
     assert_eq!(a.get("from").map(String::as_str), Some("frontend"));
     assert_eq!(a.get("to").map(String::as_str), Some("database"));

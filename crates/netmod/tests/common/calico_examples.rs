@@ -1,4 +1,5 @@
-//! Calico's own documentation examples of GlobalNetworkPolicy (verbatim),
+//! Calico's own documentation examples of GlobalNetworkPolicy (verbatim,
+//! from `examples/calico/`),
 //! and the harness the policy tests (`policy_features.rs`,
 //! `policy_differential.rs`) measure any policy with: listeners in every
 //! container, one concurrent prober per source namespace, `netmod explain`
@@ -12,237 +13,63 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 // ---------------------------------------------------------------------------
-// Calico's documentation examples, unchanged (the text of each code block).
+// Calico's documentation examples, unchanged: each one's only copy is
+// `examples/calico/<name>.yaml`, a comment header naming its page of
+// Calico's docs, then the text of the code block.
 // ---------------------------------------------------------------------------
 
-/// projectcalico/calico, `calico/reference/resources/globalnetworkpolicy.md`
-/// ("Sample YAML"): TCP from frontends to port 6379 of databases, with a
-/// rule annotation.
-pub const ALLOW_TCP_6379: &str = "apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: allow-tcp-6379
-spec:
-  selector: role == 'database'
-  types:
-  - Ingress
-  - Egress
-  ingress:
-  - action: Allow
-    metadata:
-      annotations:
-        from: frontend
-        to: database
-    protocol: TCP
-    source:
-      selector: role == 'frontend'
-    destination:
-      ports:
-      - 6379
-  egress:
-  - action: Allow
-";
+/// `pub const NAME: &str`, the text of `examples/calico/<file>.yaml`.
+macro_rules! examples {
+    ($($(#[$doc:meta])* $const:ident = $file:literal;)*) => {$(
+        $(#[$doc])*
+        pub const $const: &str = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"), "/../../examples/calico/", $file, ".yaml"
+        ));
+    )*};
+}
 
-/// projectcalico/calico, `calico/security/calico-network-policy.md`
-/// ("Control traffic to/from endpoints independent of namespace").
-pub const DENY_BLUE: &str = "apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: deny-blue
-spec:
-  selector: color == 'red'
-  ingress:
-  - action: Deny
-    protocol: TCP
-    source:
-      selector: color == 'blue'
-";
+examples! {
+    /// The GlobalNetworkPolicy reference's "Sample YAML": TCP from frontends to
+    /// port 6379 of databases, with a rule annotation.
+    ALLOW_TCP_6379 = "allow-tcp-6379-rule-metadata";
 
-/// Same page: a rule's namespaceSelector (netmod has no namespaces:
-/// refused at `spec.ingress[0].source.namespaceSelector`).
-pub const DENY_CIRCLE_BLUE: &str = "apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: deny-circle-blue
-spec:
-  selector: color == 'red'
-  ingress:
-  - action: Deny
-    protocol: TCP
-    source:
-      selector: color == 'blue'
-      namespaceSelector: shape == 'circle'
-";
+    /// calico-network-policy ("Control traffic to/from endpoints independent of
+    /// namespace").
+    DENY_BLUE = "deny-blue";
 
-/// projectcalico/calico, `calico/security/kubernetes-default-deny.md`.
-pub const DEFAULT_DENY: &str = "apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: default-deny
-spec:
-  selector: all()
-  types:
-  - Ingress
-  - Egress
-";
+    /// Same page: a rule's namespaceSelector (netmod has no namespaces:
+    /// refused at `spec.ingress[0].source.namespaceSelector`).
+    DENY_CIRCLE_BLUE = "deny-circle-blue";
 
-/// Same page: a policy-level namespaceSelector (refused at
-/// `spec.namespaceSelector`).
-pub const DENY_APP_POLICY: &str = "apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: deny-app-policy
-spec:
-  namespaceSelector: has(projectcalico.org/name) && projectcalico.org/name not in {\"kube-system\", \"calico-system\"}
-  types:
-  - Ingress
-  - Egress
-  egress:
-  # allow all namespaces to communicate to DNS pods
-  - action: Allow
-    protocol: UDP
-    destination:
-      selector: 'k8s-app == \"kube-dns\"'
-      ports:
-      - 53
-";
+    /// kubernetes-default-deny.
+    DEFAULT_DENY = "default-deny";
 
-/// projectcalico/calico docs (tigera/docs
-/// `calico/network-policy/policy-rules/icmp-ping.mdx`, "Use ICMP/ping rules
-/// in policy"): deny all ICMP.
-pub const BLOCK_ICMP: &str = "apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: block-icmp
-spec:
-  order: 200
-  selector: all()
-  types:
-  - Ingress
-  - Egress
-  ingress:
-  - action: Deny
-    protocol: ICMP
-  - action: Deny
-    protocol: ICMPv6
-  egress:
-  - action: Deny
-    protocol: ICMP
-  - action: Deny
-    protocol: ICMPv6
-";
+    /// Same page: a policy-level namespaceSelector (refused at
+    /// `spec.namespaceSelector`).
+    DENY_APP_POLICY = "deny-app-policy";
 
-/// Same page: allow ping (ICMP type 8, ICMPv6 type 128) from every endpoint.
-pub const ALLOW_PING_IN_CLUSTER: &str = "apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: allow-ping-in-cluster
-spec:
-  selector: all()
-  types:
-  - Ingress
-  ingress:
-  - action: Allow
-    protocol: ICMP
-    source:
-      selector: all()
-    icmp:
-      type: 8 # Ping request
-  - action: Allow
-    protocol: ICMPv6
-    source:
-      selector: all()
-    icmp:
-      type: 128 # Ping request
-";
+    /// icmp-ping ("Use ICMP/ping rules in policy"): deny all ICMP.
+    BLOCK_ICMP = "block-icmp";
 
-/// Same page: only ICMP host unreachable (type 3 code 1) to Kubernetes pods.
-pub const ALLOW_HOST_UNREACHABLE: &str = "apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: allow-host-unreachable
-spec:
-  selector: projectcalico.org/orchestrator == 'kubernetes'
-  types:
-  - Ingress
-  ingress:
-  - action: Allow
-    protocol: ICMP
-    icmp:
-      type: 3 # Destination unreachable
-      code: 1 # Host unreachable
-";
+    /// Same page: allow ping (ICMP type 8, ICMPv6 type 128) from every endpoint.
+    ALLOW_PING_IN_CLUSTER = "allow-ping-in-cluster";
 
-/// tigera/docs `calico/network-policy/policy-rules/log-rules.mdx` ("Logging
-/// an unprotected cluster"): log everything (and, as Calico's page warns,
-/// with no Allow after it the end of the policies denies).
-pub const LOG_EVERYTHING_IN_CLUSTER: &str = "apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-    name: log-everything-in-cluster
-spec:
-    order: 100000
-    tier: default
-    types:
-    - Ingress
-    - Egress
-    egress:
-    - action: Log
-    ingress:
-    - action: Log
-";
+    /// Same page: only ICMP host unreachable (type 3 code 1) to Kubernetes pods.
+    ALLOW_HOST_UNREACHABLE = "allow-host-unreachable";
 
-/// projectcalico/calico, `calico/security/external-ips-policy.md`: host
-/// endpoint options netmod does not implement (refused at `spec.doNotTrack`).
-pub const FORWARD_DEFAULT_ALLOW_AND_IP_PROTECT: &str = "apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: forward-default-allow
-spec:
-  selector: apply-IP-protect == 'true'
-  order: 1000
-  doNotTrack: true
-  applyOnForward: true
-  types:
-  - Ingress
-  ingress:
-  - action: Allow
----
-apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
-metadata:
-  name: ip-protect
-spec:
-  selector: apply-IP-protect == 'true'
-  order: 0
-  doNotTrack: true
-  applyOnForward: true
-  types:
-  - Ingress
-  ingress:
-  - action: Deny
-    source:
-      selector: IP-deny-list == 'true' && !has(projectcalico.org/namespace)
-";
+    /// log-rules ("Logging an unprotected cluster"): log everything (and, as
+    /// Calico's page warns, with no Allow after it the end of the policies
+    /// denies).
+    LOG_EVERYTHING_IN_CLUSTER = "log-everything-in-cluster";
 
-/// projectcalico/calico, `calico/security/calico-network-policy.md`: the
-/// namespaced kind (refused: netmod takes GlobalNetworkPolicy only).
-pub const NAMESPACED_ALLOW_TCP_6379: &str = "apiVersion: projectcalico.org/v3
-kind: NetworkPolicy
-metadata:
-  name: allow-tcp-6379
-  namespace: production
-spec:
-  selector: color == 'red'
-  ingress:
-  - action: Allow
-    protocol: TCP
-    source:
-      selector: color == 'blue'
-    destination:
-      ports:
-        - 6379
-";
+    /// external-ips-policy: host endpoint options netmod does not implement
+    /// (refused at `spec.doNotTrack` or `spec.applyOnForward`).
+    FORWARD_DEFAULT_ALLOW_AND_IP_PROTECT = "ip-protect";
+
+    /// calico-network-policy: the namespaced kind (refused: netmod takes
+    /// GlobalNetworkPolicy only).
+    NAMESPACED_ALLOW_TCP_6379 = "namespaced-allow-tcp-6379";
+}
 
 // ---------------------------------------------------------------------------
 // The harness.
