@@ -13,6 +13,7 @@ PACKAGES=(
   podman runc
   chromium
   etcd-server etcd-client protobuf-compiler libprotobuf-dev
+  bird2
 )
 
 missing=()
@@ -24,6 +25,13 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# netmod node --bgp runs its own BIRD (or one systemd runs, configured to
+# use netmod's file: docs/routing.md); Debian's default bird.service would
+# hold port 179 with a configuration of its own.
+if systemctl is-enabled --quiet bird.service 2>/dev/null; then
+  systemctl disable --now bird.service >/dev/null 2>&1 || true
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -11,6 +11,7 @@
 //! formatting live in the `netmod` binary crate, not here.
 
 pub mod attach;
+pub mod bgp;
 pub mod check;
 pub mod explain;
 pub mod labels;

@@ -38,6 +38,8 @@ pub struct NodeConfig {
     /// How long a record of this host may lack its interface before the
     /// node removes it ([`STALE_RECORD_GRACE`] by default).
     pub stale_record_grace: Duration,
+    /// Routes between hosts through BGP (BIRD), when set.
+    pub bgp: Option<crate::bgp::BgpSettings>,
 }
 
 /// The node's Prometheus metrics. The registry renders them; the node and
@@ -187,6 +189,8 @@ pub fn run(store: Arc<dyn Store>, config: NodeConfig) -> Result<(), CoreError> {
         me,
         route_plan: crate::routing::Plan::default(),
         host_routing: netmod_policy::HostRouting::default(),
+        bgp: config.bgp.map(crate::bgp::Supervisor::new),
+        bgp_peers: None,
     };
     let tampered = spawn_table_watch()?;
     let resync_every = config.resync_interval.max(Duration::from_secs(1));
@@ -280,6 +284,11 @@ struct Node {
     route_plan: crate::routing::Plan,
     /// The table's part of routing between hosts (NAT, VXLAN checks).
     host_routing: netmod_policy::HostRouting,
+    /// BIRD's configuration and process, with `--bgp`.
+    bgp: Option<crate::bgp::Supervisor>,
+    /// The configured BGP peers (`bgp/peers/`), with `--bgp` (None: to
+    /// be read again).
+    bgp_peers: Option<Vec<crate::bgp::Peer>>,
 }
 
 impl Node {
@@ -330,6 +339,7 @@ impl Node {
             });
         }
         self.collect_stale_records(&links)?;
+        self.bgp_peers = None;
         self.plan_routing()?;
         let desired = self.desired();
         // The first resync after start installs the whole table: sets of
@@ -524,7 +534,7 @@ impl Node {
             pools: &pools,
             blocks: &blocks,
             strays: &strays,
-            bgp: false,
+            bgp: self.bgp.is_some(),
         });
         let mut vxlan_sources = plan.vxlan_sources.clone();
         // A remote host's own addresses may be inner sources too (traffic
@@ -628,6 +638,9 @@ impl Node {
                         }
                     }
                 }
+            } else if key.starts_with(crate::bgp::PEERS) {
+                relevant = true;
+                self.bgp_peers = None; // read again by sync_bgp
             } else if key.starts_with(crate::policies::POLICIES) {
                 relevant = true;
                 policies_changed = true;
@@ -723,6 +736,11 @@ impl Node {
     /// those blocks, blackholes for this host's own blocks; the vxlan
     /// device and its entries. A new VTEP goes into the host record.
     fn sync_routes(&mut self) -> Result<(), CoreError> {
+        // What other hosts send to local endpoints enters by the uplink.
+        let own: Vec<IpAddr> = std::iter::once(self.me.ip).chain(self.me.ipv6).collect();
+        for uplink in crate::routing::interfaces_holding(&own) {
+            crate::routing::forward_ipv6_from(&uplink)?;
+        }
         let applied = crate::routing::apply(&self.route_plan, self.me.ip)?;
         let vtep = applied.vtep_mac.map(|mac| netmod_model::Vtep {
             ip: self.me.ip,
@@ -742,6 +760,42 @@ impl Node {
             self.metrics.report_applied.store(true, Ordering::SeqCst);
         }
         self.metrics.routes.set(applied.routes as i64);
+        self.sync_bgp()
+    }
+
+    /// With `--bgp`: BIRD's configuration from the plan (this host's
+    /// blocks, the prefixes the node routes itself) and the peers.
+    fn sync_bgp(&mut self) -> Result<(), CoreError> {
+        let Some(sup) = &mut self.bgp else {
+            return Ok(());
+        };
+        let peers = match self.bgp_peers.take() {
+            Some(p) => p,
+            None => crate::bgp::list_peers(&*self.store)?,
+        };
+        let local_as = sup.settings().local_as;
+        let (mut blocks, mut node_routed) = (Vec::new(), Vec::new());
+        for (dst, target) in &self.route_plan.routes {
+            match target {
+                crate::routing::Target::Blackhole => blocks.push(*dst),
+                _ => node_routed.push(*dst),
+            }
+        }
+        let desired = crate::bgp::Desired {
+            router_id: crate::bgp::router_id(self.me.ip),
+            local_as,
+            blocks,
+            node_routed,
+            peers: crate::bgp::sessions(&peers, &self.hosts, &self.me, local_as),
+        };
+        self.bgp_peers = Some(peers);
+        if sup.sync(&crate::bgp::render(&desired))? {
+            log(format!(
+                "BIRD configured: {} block(s) announced to {} peer(s)",
+                desired.blocks.len(),
+                desired.peers.len()
+            ));
+        }
         Ok(())
     }
 

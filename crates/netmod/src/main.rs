@@ -3,6 +3,7 @@
 //! Thin entry point: parse arguments, run one subcommand, and turn any error
 //! into the caller's format and a non-zero exit status in one place.
 
+mod bgp;
 mod cni;
 #[cfg(test)]
 mod fuzz;
@@ -55,6 +56,9 @@ enum Cmd {
     Policy(policy::PolicyCmd),
     /// The per-host daemon: keeps this host's routes and nftables policy in step with the datastore.
     Node(node::NodeArgs),
+    /// Routing between hosts through BGP (`netmod node --bgp`, BIRD 2): the peers.
+    #[command(subcommand)]
+    Bgp(bgp::BgpCmd),
     /// List the endpoints plugged in on every host.
     Endpoints,
     /// Say whether FROM may reach TO, and which rule decides. Exit status: 0 allowed, 3 dropped, 1 error.
@@ -176,6 +180,10 @@ fn main() {
         }),
         Cmd::Bench { args } => exec_sibling("netmod-bench", None, args, store_flag),
         Cmd::Node(args) => node::run(store_flag, args),
+        Cmd::Bgp(cmd) => cli
+            .output
+            .plain()
+            .and_then(|fmt| bgp::run(store_flag, cmd, fmt)),
         Cmd::Endpoints => cli
             .output
             .plain()

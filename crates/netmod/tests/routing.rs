@@ -407,3 +407,346 @@ vxlan = struct.pack('!II', 0x08000000, 4096 << 8)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.sendto(vxlan + eth + ip + udp, (dst, 4789))
 "#;
+
+/// Sends router advertisements (router lifetime 1800 s, no prefix) out of
+/// `dev` of namespace `ns` to ff02::1.
+const SEND_RA: &str = r#"
+import socket, struct, sys
+dev = sys.argv[1]
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0)
+for _ in range(3):
+    s.sendto(ra, ("ff02::1", 0, 0, socket.if_nametoindex(dev)))
+"#;
+
+/// IPv6 between hosts is forwarded per interface (the containers' veths,
+/// the uplink, the vxlan device), never with `all.forwarding`: the hosts'
+/// uplinks keep taking their default route from router advertisements.
+/// Veths leave room for the VXLAN header when a pool may be encapsulated.
+#[test]
+fn ipv6_is_forwarded_per_interface_and_uplinks_keep_router_advertisements() {
+    require_lab();
+    let (pool4, pool6) = ("10.156.0.0/16", "fd00:156::/48");
+    let mut f = routed("Always", 2, pool4, pool6);
+    f.launch_with("h1", "a", &["star-1"], 1, 1);
+    f.launch_with("h2", "b", &["star-1"], 1, 1);
+    assert_matrix(&f, &[("a", "b")], &[]);
+    for h in ["h1", "h2"] {
+        assert_eq!(
+            sysctl(&f, h, "net/ipv6/conf/all/forwarding").as_deref(),
+            Some("0"),
+            "{h}: all.forwarding"
+        );
+        assert_eq!(
+            sysctl(&f, h, "net/ipv6/conf/eth0/force_forwarding").as_deref(),
+            Some("1"),
+            "{h}: the uplink forwards what enters by it"
+        );
+        assert_eq!(
+            sysctl(&f, h, "net/ipv6/conf/vxlan.netmod/force_forwarding").as_deref(),
+            Some("1"),
+            "{h}: the vxlan device forwards what enters by it"
+        );
+    }
+    // The router advertises itself on h1's subnet: h1 takes the route.
+    let h1 = f.host("h1").ns.clone();
+    must(&format!("ip -n {h1} -6 route del default"));
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &f.fab_ns(),
+            "python3",
+            "-c",
+            SEND_RA,
+            "br0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        Duration::from_secs(5),
+        "h1's default route from the RA",
+        || must(&format!("ip -n {h1} -6 route show default")).contains("proto ra"),
+    );
+    // MTU: the veths of both ends leave room for the VXLAN header.
+    let a = f.container("a");
+    let inside = must(&format!(
+        "nsenter --net=/proc/{}/ns/net ip -j link show eth0",
+        a.pid
+    ));
+    assert!(inside.contains("\"mtu\":1450"), "{inside}");
+    let outside = must(&format!("ip -n {h1} -j link show {}", host_iface(&f, "a")));
+    assert!(outside.contains("\"mtu\":1450"), "{outside}");
+}
+
+/// A TCP server that answers each connection with the address it came from.
+const WHOAMI: &str = r#"
+import socket, sys, threading
+s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(16)
+print('ready', flush=True)
+while True:
+    c, a = s.accept()
+    c.sendall(a[0].encode()); c.close()
+"#;
+
+/// Who `addr`:`port` says we are, from a container (None: no answer).
+fn seen_as(pid: u32, addr: &str, port: u16) -> Option<String> {
+    let script = r#"
+import socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1)
+    print(s.recv(100).decode())
+except OSError:
+    sys.exit(1)
+"#;
+    let out = python_in(pid, script, &[addr, &port.to_string()])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn whoami_in(prefix: &[&str], addr: &str, port: u16) -> Lines {
+    let mut cmd = std::process::Command::new(prefix[0]);
+    cmd.args(&prefix[1..])
+        .args(["python3", "-c", WHOAMI, addr, &port.to_string()]);
+    Lines::start(cmd, Some("ready"))
+}
+
+/// NAT outgoing: a task of a `--nat-outgoing` pool reaches a server outside
+/// every pool, which sees its host's address; a task of a pool without it
+/// is not translated (the outside has no way back to it); between the two
+/// pools nobody is translated; `pool set` turns it off and on live.
+#[test]
+fn nat_outgoing_translates_only_traffic_leaving_every_pool() {
+    require_lab();
+    let mut f = Fabric::with_options(
+        2,
+        "10.154.0.0/16",
+        FabricOptions {
+            second_subnet_from: Some(2),
+            pool_flags: &["--vxlan-mode", "Always", "--nat-outgoing"],
+            ..FabricOptions::default()
+        },
+    );
+    let out = f.netmod(&[
+        "pool",
+        "add",
+        "10.155.0.0/16",
+        "--vxlan-mode",
+        "Always",
+        "--quarantine",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    f.launch("h1", "natted", &["star-1"]);
+    launch_reserved(
+        &mut f,
+        "h2",
+        "plain",
+        &["star-1"],
+        "10.155.0.7",
+        Duration::from_secs(5),
+        |_| {},
+    );
+    let outside = f.outside_ns();
+    let _server = whoami_in(&["ip", "netns", "exec", &outside], OUTSIDE_ADDR, 8080);
+    let natted_pid = f.container("natted").pid;
+    let h1_ip = f.host("h1").ip.clone();
+    wait_for(
+        Duration::from_secs(15),
+        "natted reaches the outside",
+        || seen_as(natted_pid, OUTSIDE_ADDR, 8080).as_deref() == Some(h1_ip.as_str()),
+    );
+    // No NAT for the other pool: its address is not routable outside.
+    let plain_pid = f.container("plain").pid;
+    assert_eq!(seen_as(plain_pid, OUTSIDE_ADDR, 8080), None);
+    // Between the pools: real addresses both ways.
+    let natted_addr = f.container("natted").addr.clone();
+    let in_plain = format!("--net=/proc/{plain_pid}/ns/net");
+    let _plain_server = whoami_in(&["nsenter", &in_plain], "10.155.0.7", 8081);
+    let in_natted = format!("--net=/proc/{natted_pid}/ns/net");
+    let _natted_server = whoami_in(&["nsenter", &in_natted], &natted_addr, 8081);
+    wait_for(
+        Duration::from_secs(10),
+        "natted -> plain, untranslated",
+        || seen_as(natted_pid, "10.155.0.7", 8081).as_deref() == Some(natted_addr.as_str()),
+    );
+    assert_eq!(
+        seen_as(plain_pid, &natted_addr, 8081).as_deref(),
+        Some("10.155.0.7")
+    );
+    // Live: off, and the outside no longer answers; on again, it does.
+    let out = f.netmod(&["pool", "set", "10.154.0.0/16", "--nat-outgoing", "false"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(Duration::from_secs(10), "NAT off", || {
+        seen_as(natted_pid, OUTSIDE_ADDR, 8080).is_none()
+    });
+    let out = f.netmod(&["pool", "set", "10.154.0.0/16", "--nat-outgoing"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(Duration::from_secs(10), "NAT on again", || {
+        seen_as(natted_pid, OUTSIDE_ADDR, 8080).as_deref() == Some(h1_ip.as_str())
+    });
+}
+
+/// The vxlan entries (fdb, neighbour, routes) of host `of` on host `on`.
+fn vxlan_entries(f: &Fabric, on: &str, of: &str) -> Vec<String> {
+    let ns = &f.host(on).ns;
+    let ip = &f.host(of).ip;
+    let mut found = Vec::new();
+    let fdb = must(&format!("bridge -n {ns} fdb show dev vxlan.netmod"));
+    found.extend(
+        fdb.lines()
+            .filter(|l| l.contains(&format!("dst {ip} ")))
+            .map(String::from),
+    );
+    let neigh = must(&format!("ip -n {ns} neigh show dev vxlan.netmod"));
+    found.extend(
+        neigh
+            .lines()
+            .filter(|l| l.starts_with(&format!("{ip} ")))
+            .map(String::from),
+    );
+    let routes = must(&format!("ip -n {ns} route show proto 110"));
+    found.extend(
+        routes
+            .lines()
+            .filter(|l| l.contains(&format!("via {ip} ")))
+            .map(String::from),
+    );
+    found
+}
+
+/// A pool's mode changes live (Never → Always: hosts on two subnets start
+/// to reach each other with no task restarted), `--disabled` stops new
+/// allocations and keeps the old ones working, and a dead host's VXLAN
+/// entries go from every other host within the lease time plus a second.
+#[test]
+fn pool_modes_change_live_and_a_dead_hosts_vxlan_entries_go() {
+    require_lab();
+    let lease = 3;
+    let mut f = Fabric::with_options(
+        3,
+        "10.153.0.0/16",
+        FabricOptions {
+            backend: Backend::Etcd,
+            lease_ttl: lease,
+            resync_interval: 600,
+            second_subnet_from: Some(3),
+            ..FabricOptions::default()
+        },
+    );
+    f.launch("h1", "a", &["star-1"]);
+    f.launch("h2", "b", &["star-1"]);
+    f.launch("h3", "x", &["star-1"]);
+    let pids: Vec<u32> = ["a", "b", "x"].iter().map(|c| f.container(c).pid).collect();
+    // Never: h1 and h2 share a subnet and reach each other directly; h3 is
+    // behind a router that knows no pool.
+    wait_for(Duration::from_secs(15), "a -> b, direct", || {
+        f.connects("a", "b", 0.5)
+    });
+    assert!(
+        !f.connects("a", "x", 0.7),
+        "the router carried pool traffic"
+    );
+    let out = f.netmod(&["pool", "set", "10.153.0.0/16", "--vxlan-mode", "Always"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (from, to) in [("a", "x"), ("x", "a"), ("a", "b"), ("b", "x")] {
+        let ok = wait_until(Duration::from_secs(15), || f.connects(from, to, 0.5));
+        assert!(
+            ok.is_some(),
+            "{from} -> {to} after the switch\n{}",
+            overlay_state(&f)
+        );
+    }
+    let now: Vec<u32> = ["a", "b", "x"].iter().map(|c| f.container(c).pid).collect();
+    assert_eq!(pids, now, "no task was restarted");
+    // Disabled: nothing new, the old ones keep working.
+    let out = f.netmod(&["pool", "set", "10.153.0.0/16", "--disabled"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, reply) = f.mesos(
+        "h1",
+        &serde_json::json!({"command":"allocate","args":{"hostname":"h1","num_ipv4":1,"num_ipv6":0,"uid":"late"}}),
+    );
+    assert_ne!(code, 0, "{reply}");
+    assert!(reply.to_string().contains("disabled"), "{reply}");
+    assert!(f.connects("a", "x", 1.0));
+    // h3 dies: h1 and h2 drop its entries within the lease plus a second.
+    for h in ["h1", "h2"] {
+        assert_eq!(
+            vxlan_entries(&f, h, "h3").len(),
+            3,
+            "{h}: fdb, neighbour, route"
+        );
+    }
+    // Watch etcd for the host record's expiry, from inside the fabric: the
+    // entries must go within a second of it (the lease is the time a host
+    // may be silent before it counts as dead).
+    let t0 = std::time::Instant::now();
+    let expired = {
+        let (addr, fab) = (f.addr.clone(), f.fab_ns());
+        std::thread::spawn(move || {
+            in_netns(&fab, move || {
+                let s = netmod_store::open(&addr).unwrap();
+                while s.get("hosts/h3").unwrap().is_some() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                t0.elapsed()
+            })
+        })
+    };
+    f.kill_node(2);
+    let mut gone = [None, None];
+    while gone.iter().any(Option::is_none) && t0.elapsed() < Duration::from_secs(15) {
+        for (i, h) in ["h1", "h2"].into_iter().enumerate() {
+            if gone[i].is_none() && vxlan_entries(&f, h, "h3").is_empty() {
+                gone[i] = Some(t0.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let expired = expired.join().unwrap();
+    eprintln!(
+        "h3 killed; its record expired after {expired:?}; its vxlan entries gone on h1 after {:?}, on h2 after {:?}",
+        gone[0], gone[1]
+    );
+    for (h, g) in ["h1", "h2"].iter().zip(gone) {
+        let g = g.unwrap_or_else(|| panic!("{h} kept h3's entries\n{}", overlay_state(&f)));
+        assert!(
+            g <= expired + Duration::from_secs(1),
+            "{h} dropped h3's entries {:?} after its record expired",
+            g.saturating_sub(expired)
+        );
+    }
+    assert!(f.connects("a", "b", 1.0), "the live hosts still talk");
+}

@@ -97,6 +97,9 @@ pub struct FabricOptions {
     pub second_subnet_from: Option<usize>,
     /// Extra flags of the fabric's `pool add` (e.g. `--vxlan-mode Always`).
     pub pool_flags: &'static [&'static str],
+    /// Extra flags of every `netmod node` (e.g. `--bgp`); `{host}` becomes
+    /// the host's name and `{dir}` the fabric's temporary directory.
+    pub node_args: &'static [&'static str],
 }
 
 impl Default for FabricOptions {
@@ -109,6 +112,7 @@ impl Default for FabricOptions {
             stale_record_grace: None,
             second_subnet_from: None,
             pool_flags: &[],
+            node_args: &[],
         }
     }
 }
@@ -298,6 +302,16 @@ impl Fabric {
                      ip netns exec {fab} sysctl -qw net.ipv6.conf.all.forwarding=1"
                 ));
             }
+            // Beyond the router, "outside" the cluster: a namespace with an
+            // address outside every pool (TEST-NET-2) and no route to any
+            // pool (it answers the hosts' addresses, through the router).
+            let out = format!("{prefix}-out");
+            must(&format!(
+                "ip netns add {out} && ip -n {fab} link add out type veth peer name eth0 netns {out} && \
+                 ip -n {fab} addr add {OUTSIDE_ROUTER}/24 dev out && ip -n {fab} link set out up && \
+                 ip -n {out} addr add {OUTSIDE_ADDR}/24 dev eth0 && ip -n {out} link set eth0 up && \
+                 ip -n {out} link set lo up && ip -n {out} route add default via {OUTSIDE_ROUTER}"
+            ));
         }
         let (addr, etcd) = match opts.backend {
             Backend::Sqlite => (store.path.display().to_string(), None),
@@ -401,6 +415,13 @@ impl Fabric {
         if let Some(grace) = self.opts.stale_record_grace {
             cmd.args(["--stale-record-grace", &grace.to_string()]);
         }
+        let dir = self.store.dir.path().display().to_string();
+        cmd.args(
+            self.opts
+                .node_args
+                .iter()
+                .map(|a| a.replace("{host}", &h.name).replace("{dir}", &dir)),
+        );
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         self.hosts[i].node = Some(child);
         let ns = self.hosts[i].ns.clone();
@@ -640,8 +661,16 @@ impl Drop for Fabric {
             let _ = sh(&format!("ip netns del {}", h.ns));
         }
         let _ = sh(&format!("ip netns del {}-fab", self.prefix));
+        if self.opts.second_subnet_from.is_some() {
+            let _ = sh(&format!("ip netns del {}", self.outside_ns()));
+        }
     }
 }
+
+/// The routed fabric's "outside" namespace: its address, and the router's
+/// address on that link.
+pub const OUTSIDE_ADDR: &str = "198.51.100.1";
+pub const OUTSIDE_ROUTER: &str = "198.51.100.254";
 
 pub fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -780,6 +809,11 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
 }
 
 impl Fabric {
+    /// The routed fabric's namespace outside the cluster (`OUTSIDE_ADDR`).
+    pub fn outside_ns(&self) -> String {
+        format!("{}-out", self.prefix)
+    }
+
     pub fn fab_ns(&self) -> String {
         format!("{}-fab", self.prefix)
     }
