@@ -472,9 +472,11 @@ pub fn needs_replace(current: &Ruleset, desired: &Ruleset) -> bool {
             .flat_map(|c| c.rules.clone())
             .collect()
     };
-    // `diff` only appends netgroup rules: what is there must stay as it is.
+    // `diff` only appends netgroup rules: every rule there must stay. (Their
+    // order means nothing: each accepts on its own set, none drops; the
+    // kernel holds them in the order they came, `desired` sorted.)
     let (have, want) = (netgroups(current), netgroups(desired));
-    let appends_only = want.len() >= have.len() && want[..have.len()] == have[..];
+    let appends_only = have.iter().all(|r| want.contains(r));
     has_stale_sets(current, desired) || structure(current) != structure(desired) || !appends_only
 }
 

@@ -300,3 +300,21 @@ fn explain_names_the_profile() {
     assert!(!d.accepted);
     assert!(d.reason.starts_with("host profile"), "{}", d.reason);
 }
+
+/// A netgroup that sorts before those already on the host is one appended
+/// rule, not a whole install: the order of netgroup rules means nothing.
+#[test]
+fn a_new_netgroup_sorting_first_is_still_an_append() {
+    let eps = vec![ep("h1", "z", "192.168.0.1", &["zeta"])];
+    let before = ruleset("h1", &eps);
+    let mut more = eps.clone();
+    more.push(ep("h1", "a", "192.168.0.2", &["alpha"]));
+    let after = ruleset("h1", &more);
+    assert!(!needs_replace(&before, &after));
+    let changes = diff(&before, &after);
+    let appended: Vec<&Change> = changes
+        .iter()
+        .filter(|c| matches!(c, Change::AppendRule { .. }))
+        .collect();
+    assert_eq!(appended.len(), 2, "one rule per family: {appended:?}");
+}
