@@ -148,10 +148,6 @@ else:
         t = crash["total"].split("|")
         share = 100 * int(t[1]) / max(1, int(t[0]))
         L.append(f"| **all** | **{t[0]}** | **{t[1]}** ({share:.0f} %) | {t[2]} | {t[3]} | {t[4]} | | |\n")
-        early = int(crash.get("quarantine_early", "0"))
-        L.append(f"Cleanup trials after which the address's quarantine counted from before its endpoint "
-                 f"record was deleted (a cleanup killed between deleting the record and restarting the "
-                 f"quarantine, then retried; see the findings below): **{early}**.\n")
         typ = ", ".join(f"{w.rsplit(' ', 1)[0]} {w.rsplit(' ', 1)[1]} ms" for w in crash.get("typical", []))
         L.append(f"Typical (median, unkilled) durations the kill delays were drawn against, uniformly in "
                  f"[0, 1.5 x]: {typ}.\n")

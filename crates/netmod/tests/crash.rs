@@ -165,9 +165,6 @@ struct Counts {
     /// The settle step: how long the kernel took to match (ms, summed / max).
     settle_ms_sum: u64,
     settle_ms_max: u64,
-    /// Cleanup trials whose address's quarantine counted from before its
-    /// endpoint record was deleted (see `QUARANTINE_STRICT`).
-    quarantine_early: u64,
 }
 
 struct Crash {
@@ -1665,12 +1662,6 @@ fn kill_minus_nine_inside_every_operation_converges() {
         total.completed += k.completed;
         total.after += k.after;
     }
-    report.push_str(&format!(
-        "quarantine_early {}\n",
-        c.counts
-            .get(&Kind::Cleanup)
-            .map_or(0, |k| k.quarantine_early)
-    ));
     report.push_str(&format!(
         "total {}|{}|{}|{}|{}\nfailures 0\n",
         total.trials, total.inside, total.before, total.completed, total.after
