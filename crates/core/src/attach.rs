@@ -248,9 +248,12 @@ fn veth_mtu(store: &dyn Store) -> Result<Option<u32>, StepError> {
 /// sets, and a netgroup new to this host gets its set (with every member,
 /// wherever it runs) and its rule.
 fn add_local_policy(registry: &Registry, ep: &Endpoint) -> Result<(), String> {
-    let policies = crate::policies::list(registry.store).map_err(|e| e.to_string())?;
+    // The selectors only (not every policy's rules): the cost of an isolate
+    // barely grows with the number of policies.
+    let index = crate::policies::selector_index(registry.store).map_err(|e| e.to_string())?;
     if !dp::nft_table_exists().map_err(|e| e.to_string())? {
         // First endpoint since boot (or the node never ran): install the whole table.
+        let policies = crate::policies::list(registry.store).map_err(|e| e.to_string())?;
         let endpoints = registry.endpoints().map_err(|e| e.to_string())?;
         let ruleset = netmod_policy::ruleset_with_policies(
             &ep.host,
@@ -308,7 +311,7 @@ fn add_local_policy(registry: &Registry, ep: &Endpoint) -> Result<(), String> {
         }
         // The policies that select it hold before its first packet too (the
         // node keeps these sets; it may not have seen this endpoint yet).
-        for (set, family, elements) in policy_set_changes(ep, &policies)? {
+        for (set, family, elements) in policy_set_changes(ep, &index)? {
             changes.push(Change::AddElements {
                 set,
                 family,
@@ -330,11 +333,11 @@ fn add_local_policy(registry: &Registry, ep: &Endpoint) -> Result<(), String> {
 /// the endpoint belongs in and that exist already (the node creates them).
 fn policy_set_changes(
     ep: &Endpoint,
-    policies: &[netmod_calico::GlobalNetworkPolicy],
+    index: &netmod_policy::SelectorIndex,
 ) -> Result<Vec<(String, Family, Vec<IpAddr>)>, String> {
     let labels = crate::labels::endpoint_labels(ep);
     let mut out = Vec::new();
-    for (set, family, elements) in netmod_policy::endpoint_policy_sets(ep, policies, &labels) {
+    for (set, family, elements) in index.endpoint_sets(ep, &labels) {
         if dp::nft_set_exists(&set).map_err(|e| e.to_string())? {
             out.push((set, family, elements));
         }

@@ -425,6 +425,84 @@ pub fn endpoint_policy_sets(
     out
 }
 
+/// What a plugin needs of the policies to put a new endpoint into their
+/// sets: every distinct selector, and whether some policy of each direction
+/// has it as its own selector. Far smaller than the policies (no rules), so
+/// the per-isolate cost barely grows with their number; `policy apply` and
+/// `delete` keep it beside them in the datastore.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SelectorIndex {
+    pub selectors: Vec<IndexedSelector>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IndexedSelector {
+    pub selector: Selector,
+    /// A policy with Ingress in its types selects with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ingress: bool,
+    /// A policy with Egress in its types selects with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub egress: bool,
+}
+
+impl SelectorIndex {
+    pub fn of(policies: &[GlobalNetworkPolicy]) -> SelectorIndex {
+        let mut all: BTreeMap<&Selector, (bool, bool)> = BTreeMap::new();
+        for p in policies {
+            for s in p.selectors() {
+                all.entry(s).or_default();
+            }
+            let e = all.entry(&p.selector).or_default();
+            e.0 |= p.types.has(Direction::Ingress);
+            e.1 |= p.types.has(Direction::Egress);
+        }
+        SelectorIndex {
+            selectors: all
+                .into_iter()
+                .map(|(s, (ingress, egress))| IndexedSelector {
+                    selector: s.clone(),
+                    ingress,
+                    egress,
+                })
+                .collect(),
+        }
+    }
+
+    /// The policy sets an endpoint's addresses belong to, as
+    /// [`endpoint_policy_sets`] computes them from the policies.
+    pub fn endpoint_sets(
+        &self,
+        ep: &Endpoint,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<(String, Family, Vec<std::net::IpAddr>)> {
+        let matched: Vec<&IndexedSelector> = self
+            .selectors
+            .iter()
+            .filter(|s| s.selector.matches(labels))
+            .collect();
+        let mut out = Vec::new();
+        for f in Family::BOTH {
+            let addrs: Vec<std::net::IpAddr> = ep.addrs().filter(|a| Family::of(a) == f).collect();
+            if addrs.is_empty() {
+                continue;
+            }
+            for s in &matched {
+                out.push((selector_set_name(&s.selector, f), f, addrs.clone()));
+            }
+            for (d, selects) in [
+                (Direction::Egress, matched.iter().any(|s| s.egress)),
+                (Direction::Ingress, matched.iter().any(|s| s.ingress)),
+            ] {
+                if selects {
+                    out.push((selected_set_name(d, f), f, addrs.clone()));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// The chains and sets the policies add to a host's table. `labels` gives
 /// an endpoint's labels as selectors see them.
 pub(crate) fn policy_objects(

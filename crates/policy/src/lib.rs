@@ -18,8 +18,9 @@ mod ruleset;
 
 pub use compile::{
     endpoint_policy_sets, policy_chain_name, rule_alternatives, rule_comment, selected_set_name,
-    selector_set_name, CHAIN_EGRESS_ALLOWED, CHAIN_PASS_EGRESS, CHAIN_PASS_INGRESS,
-    CHAIN_POLICY_EGRESS, CHAIN_POLICY_INGRESS, POLICY_LOG_GROUP, POLICY_LOG_RATE,
+    selector_set_name, IndexedSelector, SelectorIndex, CHAIN_EGRESS_ALLOWED, CHAIN_PASS_EGRESS,
+    CHAIN_PASS_INGRESS, CHAIN_POLICY_EGRESS, CHAIN_POLICY_INGRESS, POLICY_LOG_GROUP,
+    POLICY_LOG_RATE,
 };
 pub use explain::{explain, Decision, Hop, Packet, L4};
 pub use hostnet::{

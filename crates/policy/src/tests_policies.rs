@@ -704,3 +704,30 @@ spec:
     )
     .is_err());
 }
+
+/// The selector index gives a new endpoint the same sets as the policies
+/// themselves, also after a trip through JSON (as the datastore keeps it).
+#[test]
+fn the_selector_index_puts_endpoints_in_the_same_sets_as_the_policies() {
+    let p = policies();
+    let index = SelectorIndex::of(&p);
+    let text = serde_json::to_string(&index).unwrap();
+    let stored: SelectorIndex = serde_json::from_str(&text).unwrap();
+    assert_eq!(stored, index);
+    let mut eps = cluster();
+    eps.push(ep("h1", "nolabels", "192.168.0.90", &[], &[]));
+    let mut both = ep("h1", "dual", "192.168.0.91", &["shop"], &[("role", "web")]);
+    both.ipv6 = vec!["fd00::91".parse().unwrap()];
+    eps.push(both);
+    let mut nonempty = 0;
+    for e in &eps {
+        let l = labels(e);
+        let mut want = endpoint_policy_sets(e, &p, &l);
+        let mut got = stored.endpoint_sets(e, &l);
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "{}", e.container_id);
+        nonempty += usize::from(!got.is_empty());
+    }
+    assert!(nonempty >= 4, "the cases put endpoints in sets");
+}
