@@ -9,7 +9,7 @@ pub(crate) mod fabric;
 mod latency;
 mod memory;
 mod scale;
-mod throughput;
+pub(crate) mod throughput;
 
 use super::{ms, percentile, render, BenchArgs, Row};
 use crate::BenchError;
@@ -57,13 +57,13 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
 }
 
 /// The 1-, 5- and 15-minute load averages: other work on the machine shows here.
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
 
-fn preflight() -> Result<(), BenchError> {
+pub(crate) fn preflight() -> Result<(), BenchError> {
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -99,32 +99,32 @@ fn preflight() -> Result<(), BenchError> {
     Ok(())
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
+pub(crate) fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
 }
 
-fn sorted(v: &[Duration]) -> Vec<Duration> {
+pub(crate) fn sorted(v: &[Duration]) -> Vec<Duration> {
     let mut v = v.to_vec();
     v.sort();
     v
 }
 
-fn p50(v: &[Duration]) -> Duration {
+pub(crate) fn p50(v: &[Duration]) -> Duration {
     percentile(&sorted(v), 0.5)
 }
 
-fn p99(v: &[Duration]) -> Duration {
+pub(crate) fn p99(v: &[Duration]) -> Duration {
     percentile(&sorted(v), 0.99)
 }
 
-fn us(d: Duration) -> String {
+pub(crate) fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
-fn div(a: Duration, b: Duration) -> f64 {
+pub(crate) fn div(a: Duration, b: Duration) -> f64 {
     if b.is_zero() {
         f64::NAN
     } else {
@@ -132,7 +132,7 @@ fn div(a: Duration, b: Duration) -> f64 {
     }
 }
 
-fn verdict(ok: bool) -> &'static str {
+pub(crate) fn verdict(ok: bool) -> &'static str {
     if ok {
         "met"
     } else {
@@ -410,7 +410,7 @@ process it created was removed at the end (checked with `ip netns list`).\n",
     render("Dataplane benchmark", &notes, &rows)
 }
 
-fn thousands(n: usize) -> String {
+pub(crate) fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

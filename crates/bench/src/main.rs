@@ -7,6 +7,7 @@ mod cni;
 mod dataplane;
 mod etcd;
 mod lab;
+mod policy;
 
 use netmod_ipam::{AllocRequest, Ipam};
 use netmod_model::AllocAttrs;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
     about = "netmod's benchmarks, each against a baseline measured in the same run"
 )]
 pub struct BenchArgs {
-    /// Which benchmarks: ipam, dataplane, cni, etcd, lab.
+    /// Which benchmarks: ipam, dataplane, policy, cni, etcd, lab.
     #[arg(default_values_t = vec!["ipam".to_string()])]
     pub which: Vec<String>,
     /// Directory for the result files.
@@ -38,6 +39,15 @@ pub struct BenchArgs {
     /// lab: seconds of idle sampling for memory and CPU.
     #[arg(long, default_value_t = 10)]
     pub lab_idle_secs: u64,
+    /// policy: timed `netmod mesos isolate` calls per policies × endpoints case.
+    #[arg(long, default_value_t = 30)]
+    pub policy_isolates: usize,
+    /// policy: timed writes of each kind (policy, endpoint) per propagation run.
+    #[arg(long, default_value_t = 20)]
+    pub policy_rounds: usize,
+    /// policy: numbers of `netmod node` processes (fake hosts) for propagation.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![10, 100])]
+    pub policy_hosts: Vec<usize>,
     /// Ignored: every benchmark makes stores of its own (accepted because `netmod bench` hands on netmod's global --store).
     #[arg(long, hide = true)]
     pub store: Option<String>,
@@ -89,6 +99,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         let report = match which.as_str() {
             "ipam" => ipam(&args)?,
             "dataplane" => dataplane::run(&args)?,
+            "policy" => policy::run(&args)?,
             "cni" => cni::run(&args)?,
             "etcd" => etcd::run(&args)?,
             // The lab writes its own report (it prints as it goes).
@@ -103,7 +114,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             }
             other => {
                 return Err(BenchError::Other(format!(
-                    "unknown benchmark {other:?} (known: ipam, dataplane, cni, etcd, lab)"
+                    "unknown benchmark {other:?} (known: ipam, dataplane, policy, cni, etcd, lab)"
                 )))
             }
         };

@@ -8,10 +8,10 @@
 use crate::BenchError;
 use netmod_core::registry::Registry;
 use netmod_dataplane as dp;
-use netmod_model::nft::{Family, Ruleset};
+use netmod_model::nft::{Match, Ruleset};
 use netmod_model::{container_mac, format_mac, host_iface_name, Endpoint};
-use netmod_policy::{BaseSets, CHAIN_NETGROUPS};
-use std::collections::BTreeMap;
+use netmod_policy::CHAIN_NETGROUPS;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -272,7 +272,8 @@ pub fn record(registry: &Registry, ep: &Endpoint) -> Result<(), BenchError> {
 /// Loads `ruleset` into the current namespace's netmod table, ending in
 /// exactly the state `nft_replace_all(ruleset)` gives: the base table in one
 /// transaction, then each netgroup's sets and rules in transactions of a few
-/// dozen messages.
+/// dozen messages. A table with policies goes with the base table (its
+/// chains and selector sets) in that first transaction.
 ///
 /// Why not one `nft_replace_all`: the kernel answers every message of a
 /// batch with its own ack (about 0.7-1 KiB of receive buffer each), and
@@ -280,12 +281,22 @@ pub fn record(registry: &Registry, ep: &Endpoint) -> Result<(), BenchError> {
 /// above 128 KiB, so a batch of some 270+ small messages (100 endpoints in 50
 /// netgroups is enough) fails with ENOBUFS on the default 208 KiB buffer.
 pub fn load_table(ruleset: &Ruleset) -> Result<(), BenchError> {
-    let base_sets: Vec<String> = Family::BOTH
+    // Netgroup sets (those the netgroup rules name) come later; every other
+    // set (the base sets, and a policy table's selector sets) goes with the
+    // base table, whose chains use them.
+    let group_sets: BTreeSet<String> = ruleset
+        .chains
         .iter()
-        .flat_map(|f| [BaseSets::grouped(*f), BaseSets::public(*f)])
+        .filter(|c| c.name == CHAIN_NETGROUPS)
+        .flat_map(|c| &c.rules)
+        .flat_map(|r| &r.matches)
+        .filter_map(|m| match m {
+            Match::SaddrIn { set, .. } | Match::DaddrIn { set, .. } => Some(set.clone()),
+            _ => None,
+        })
         .collect();
     let mut base = ruleset.clone();
-    base.sets.retain(|name, _| base_sets.contains(name));
+    base.sets.retain(|name, _| !group_sets.contains(name));
     for chain in &mut base.chains {
         if chain.name == CHAIN_NETGROUPS {
             chain.rules.clear();

@@ -27,6 +27,9 @@ pub const OTHER_ENDPOINTS: usize = 1_000;
 /// every netgroup's rule before it is accepted.
 const PAIR_GROUP: usize = 49;
 
+/// iperf3's own default port.
+pub(crate) const IPERF_PORT: u16 = 5201;
+
 pub struct Throughput {
     pub seconds: u32,
     /// Gbit/s, in run order.
@@ -53,7 +56,7 @@ impl Mode {
     }
 }
 
-fn conntrack_only() -> Ruleset {
+pub(crate) fn conntrack_only() -> Ruleset {
     Ruleset {
         chains: vec![ChainDef {
             name: CHAIN_FORWARD.into(),
@@ -153,7 +156,13 @@ pub fn measure(fabric: &mut Fabric, exe: &Path, seconds: u32) -> Result<Throughp
 
     let server = in_ns(&cts.netns(1), || {
         Command::new("iperf3")
-            .args(["-s", "-B", &addrs[1].to_string()])
+            .args([
+                "-s",
+                "-B",
+                &addrs[1].to_string(),
+                "-p",
+                &IPERF_PORT.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -162,7 +171,7 @@ pub fn measure(fabric: &mut Fabric, exe: &Path, seconds: u32) -> Result<Throughp
     })?;
     let _server = Procs(vec![server]);
     let client_ns = cts.netns(0);
-    let iperf = |secs: u32| iperf_client(&client_ns, addrs[1], secs);
+    let iperf = |secs: u32| iperf_client(&client_ns, addrs[1], IPERF_PORT, secs);
 
     load(&h1, &endpoints)?;
     load(&h2, &endpoints)?;
@@ -232,10 +241,24 @@ pub fn measure(fabric: &mut Fabric, exe: &Path, seconds: u32) -> Result<Throughp
 }
 
 /// One iperf3 run from the client container; Gbit/s received.
-fn iperf_client(netns: &Path, server: Ipv4Addr, secs: u32) -> Result<f64, BenchError> {
+pub(crate) fn iperf_client(
+    netns: &Path,
+    server: Ipv4Addr,
+    port: u16,
+    secs: u32,
+) -> Result<f64, BenchError> {
     let out = in_ns(netns, || {
         Command::new("iperf3")
-            .args(["-c", &server.to_string(), "-J", "-O", "1", "-t"])
+            .args([
+                "-c",
+                &server.to_string(),
+                "-p",
+                &port.to_string(),
+                "-J",
+                "-O",
+                "1",
+                "-t",
+            ])
             .arg(secs.to_string())
             .stdin(Stdio::null())
             .output()
