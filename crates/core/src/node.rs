@@ -55,6 +55,9 @@ struct Metrics {
     ready: AtomicBool,
     /// This host's VXLAN tunnel endpoint, for the host record.
     vtep: std::sync::Mutex<Option<netmod_model::Vtep>>,
+    /// Raised to have the heartbeat write the host record now (a new
+    /// applied revision: quarantines and `policy apply` wait for it).
+    heartbeat_due: (std::sync::Mutex<bool>, std::sync::Condvar),
     /// The heartbeat reaches the datastore (it knows first when it does not).
     datastore_down: AtomicBool,
     endpoints: Gauge,
@@ -82,6 +85,7 @@ impl Metrics {
             ready: AtomicBool::new(false),
             datastore_down: AtomicBool::new(false),
             vtep: std::sync::Mutex::new(None),
+            heartbeat_due: Default::default(),
             endpoints: Gauge::default(),
             sets: Gauge::default(),
             elements: Gauge::default(),
@@ -143,6 +147,22 @@ impl Metrics {
         );
         m.datastore_up.set(1);
         Metrics { registry, ..m }
+    }
+
+    fn wake_heartbeat(&self) {
+        let (due, cv) = &self.heartbeat_due;
+        *due.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_one();
+    }
+
+    /// Sleep until `limit` passes or the node asks for a write.
+    fn heartbeat_pause(&self, limit: Duration) {
+        let (due, cv) = &self.heartbeat_due;
+        let guard = due.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut guard, _) = cv
+            .wait_timeout_while(guard, limit, |due| !*due)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard = false;
     }
 
     fn render(&self) -> String {
@@ -385,6 +405,7 @@ impl Node {
             .store(self.revision.max(0) as u64, Ordering::SeqCst);
         if beyond_host_records {
             self.metrics.report_applied.store(true, Ordering::SeqCst);
+            self.metrics.wake_heartbeat();
         }
     }
 
@@ -644,14 +665,22 @@ impl Node {
             } else if key.starts_with(crate::policies::POLICIES) {
                 relevant = true;
                 policies_changed = true;
-            } else if key.starts_with(HOSTS)
-                || key.starts_with("ipam/affinity")
-                || key.starts_with("ipam/pools/")
-            {
+            } else if key.starts_with(HOSTS) {
+                // A host's heartbeat reporting its applied revision changes
+                // nothing here; a host coming, going or moving its VTEP does.
+                let hosts = EndpointRegistry::new(&*self.store).hosts()?;
+                let routing_view = |h: &BTreeMap<String, Host>| -> Vec<Host> {
+                    h.values()
+                        .map(|h| Host {
+                            applied_revision: None,
+                            ..h.clone()
+                        })
+                        .collect()
+                };
+                relevant |= routing_view(&hosts) != routing_view(&self.hosts);
+                self.hosts = hosts;
+            } else if key.starts_with("ipam/affinity") || key.starts_with("ipam/pools/") {
                 relevant = true;
-                if key.starts_with(HOSTS) {
-                    self.hosts = EndpointRegistry::new(&*self.store).hosts()?;
-                }
             }
         }
         if policies_changed {
@@ -781,6 +810,17 @@ impl Node {
                 _ => node_routed.push(*dst),
             }
         }
+        // Local endpoints' addresses outside this host's blocks (borrowed,
+        // or asked for by value) are announced one by one, as Calico does.
+        let own_blocks = blocks.clone();
+        let hostname = &self.hostname;
+        for ep in self.endpoints.values().filter(|e| e.host == *hostname) {
+            for a in ep.addrs() {
+                if !own_blocks.iter().any(|b| b.contains(&a)) {
+                    blocks.push(IpNet::from(a));
+                }
+            }
+        }
         let desired = crate::bgp::Desired {
             router_id: crate::bgp::router_id(self.me.ip),
             local_as,
@@ -842,6 +882,7 @@ fn spawn_heartbeat(store: Arc<dyn Store>, mut host: Host, ttl: Duration, metrics
     std::thread::spawn(move || {
         let mut lease = None;
         loop {
+            let round = Instant::now();
             let mut ok = match lease {
                 Some(id) => store.lease_keepalive(id).is_ok(),
                 None => false,
@@ -891,7 +932,11 @@ fn spawn_heartbeat(store: Arc<dyn Store>, mut host: Host, ttl: Duration, metrics
                     "datastore reachable again"
                 });
             }
-            std::thread::sleep(ttl / 3);
+            // A keepalive every third of the lease, or sooner when the node
+            // has applied something new (other hosts wait on that), but not
+            // more than ten writes a second.
+            metrics.heartbeat_pause(ttl / 3);
+            std::thread::sleep(Duration::from_millis(100).saturating_sub(round.elapsed()));
         }
     });
 }

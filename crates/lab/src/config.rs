@@ -45,6 +45,16 @@ pub const AGENT_PORT: u16 = 5051;
 pub const NODE_METRICS_PORT: u16 = 9102;
 /// Host ports each agent offers: `ports(*):[9000-31100]`.
 pub const PORT_RANGE: (u16, u16) = (9000, 31100);
+/// The routed topology's "outside": a namespace beyond the router with an
+/// address outside every pool (TEST-NET-2), and the router's address there.
+pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const OUTSIDE_ROUTER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+pub const OUTSIDE_PREFIX: u8 = 24;
+/// The outside web server's port.
+pub const OUTSIDE_PORT: u16 = 80;
+/// With `--routing bgp`: the router's AS, and the hosts' (netmod's default).
+pub const ROUTER_AS: u32 = 64513;
+pub const HOSTS_AS: u32 = 64512;
 /// Longest instance name.
 pub const MAX_NAME: usize = 32;
 /// Longest interface prefix: `<prefix>-setcd` must fit IFNAMSIZ - 1 = 15.
@@ -136,13 +146,28 @@ impl Instance {
         format!("{}-setcd", self.if_prefix)
     }
 
+    /// The router's namespace (`--topology routed`).
+    pub fn router_ns(&self) -> String {
+        format!("{}-router", self.name)
+    }
+
+    /// The namespace beyond the router, "outside" the cluster.
+    pub fn outside_ns(&self) -> String {
+        format!("{}-outside", self.name)
+    }
+
+    /// The router's veth end in the machine's namespace, on the bridge.
+    pub fn router_veth(&self) -> String {
+        format!("{}-rtr", self.if_prefix)
+    }
+
     /// Whether a network namespace is one this instance creates.
     pub fn owns_netns(&self, ns: &str) -> bool {
         match ns
             .strip_prefix(self.name.as_str())
             .and_then(|r| r.strip_prefix('-'))
         {
-            Some("etcd") => true,
+            Some("etcd" | "router" | "outside") => true,
             Some(rest) => rest.strip_prefix("agent-").is_some_and(all_digits),
             None => false,
         }
@@ -154,7 +179,7 @@ impl Instance {
             .strip_prefix(self.if_prefix.as_str())
             .and_then(|r| r.strip_prefix('-'))
         {
-            Some("br0" | "setcd") => true,
+            Some("br0" | "setcd" | "rtr") => true,
             Some(rest) => rest.strip_prefix('v').is_some_and(all_digits),
             None => false,
         }
@@ -201,6 +226,85 @@ pub struct MasterPorts {
     pub fabric: u16,
 }
 
+/// `lab up --topology`: every agent on the bridge, or on two subnets
+/// behind a router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    /// One subnet: the bridge (today's lab).
+    #[default]
+    Flat,
+    /// Two subnets behind a router namespace that holds no pool route, and
+    /// an "outside" namespace beyond it.
+    Routed,
+}
+
+/// `lab up --routing`: how the routed topology carries pool traffic
+/// between the subnets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// The pool is `--vxlan-mode Always`: the router sees only the hosts'
+    /// addresses.
+    #[default]
+    Vxlan,
+    /// `netmod node --bgp` on every host; the router runs BIRD and learns
+    /// every host's blocks.
+    Bgp,
+}
+
+impl std::fmt::Display for Routing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Routing::Vxlan => "vxlan",
+            Routing::Bgp => "bgp",
+        })
+    }
+}
+
+/// The routed topology's router and the "outside" beyond it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Router {
+    /// `<lab>-router`.
+    pub ns: String,
+    /// Its veth end in the machine's namespace, on the bridge: `<lab>-rtr`.
+    pub veth: String,
+    /// The bridge's subnet (the fabric's first half: the machine, the odd
+    /// agents, etcd) and the router's address there.
+    pub subnet_a: String,
+    pub ip_a: Ipv4Addr,
+    /// The second subnet (the fabric's second half: the even agents, on a
+    /// bridge `br1` inside the router's namespace) and the router's address there.
+    pub subnet_b: String,
+    pub ip_b: Ipv4Addr,
+    /// `<lab>-outside`, with the web server on [`OUTSIDE_ADDR`].
+    pub outside_ns: String,
+    pub outside_ip: Ipv4Addr,
+    pub routing: Routing,
+    /// With BGP: the router's AS (the hosts are in [`HOSTS_AS`]).
+    pub asn: u32,
+}
+
+impl Router {
+    /// The router's address on the subnet of `ip`, and that subnet's prefix.
+    pub fn gateway_for(&self, ip: Ipv4Addr) -> (Ipv4Addr, u8) {
+        let a: ipnet::Ipv4Net = self.subnet_a.parse().expect("planned");
+        let b: ipnet::Ipv4Net = self.subnet_b.parse().expect("planned");
+        if a.contains(&ip) {
+            (self.ip_a, a.prefix_len())
+        } else {
+            (self.ip_b, b.prefix_len())
+        }
+    }
+
+    /// Whether `ip` is on the second subnet (behind the router).
+    pub fn on_b(&self, ip: Ipv4Addr) -> bool {
+        self.subnet_b
+            .parse::<ipnet::Ipv4Net>()
+            .is_ok_and(|b| b.contains(&ip))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentHost {
     pub index: u32,
@@ -242,6 +346,12 @@ pub struct LabConfig {
     pub listen: MasterPorts,
     /// The ports it listens on, once it does.
     pub ports: Option<MasterPorts>,
+    /// `--topology` (absent in older configs: flat).
+    #[serde(default)]
+    pub topology: Topology,
+    /// The router and the outside, with `--topology routed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<Router>,
 }
 
 impl LabConfig {
@@ -266,6 +376,49 @@ impl LabConfig {
     pub fn save(&self) -> Result<(), LabError> {
         let text = serde_json::to_string_pretty(self).expect("plain data");
         write_atomic(&self.run_dir.join("lab.json"), text.as_bytes())
+    }
+
+    /// An agent host's prefix length on its subnet and its default gateway:
+    /// the bridge's subnet and address on a flat fabric; behind a router,
+    /// its subnet's and the router's address there.
+    pub fn agent_link(&self, a: &AgentHost) -> (u8, Ipv4Addr) {
+        match &self.router {
+            Some(r) => {
+                let (gw, prefix) = r.gateway_for(a.ip);
+                (prefix, gw)
+            }
+            None => (self.fabric_prefix(), self.bridge_ip),
+        }
+    }
+
+    /// The prefix length of the bridge's subnet (the fabric's, or its first
+    /// half behind a router).
+    pub fn bridge_prefix(&self) -> u8 {
+        match &self.router {
+            Some(r) => r
+                .subnet_a
+                .parse::<ipnet::Ipv4Net>()
+                .map(|n| n.prefix_len())
+                .unwrap_or(25),
+            None => self.fabric_prefix(),
+        }
+    }
+
+    fn fabric_prefix(&self) -> u8 {
+        self.fabric
+            .parse::<ipnet::Ipv4Net>()
+            .map(|n| n.prefix_len())
+            .unwrap_or(24)
+    }
+
+    /// Where the machine routes the pool: agent 1 (flat, and routed VXLAN:
+    /// it hands the machine's packets into the overlay), or the router
+    /// (routed BGP: it has learned every host's blocks).
+    pub fn pool_gateway(&self) -> Option<Ipv4Addr> {
+        match &self.router {
+            Some(r) if r.routing == Routing::Bgp => Some(r.ip_a),
+            _ => self.agents.first().map(|a| a.ip),
+        }
     }
 
     pub fn agent(&self, index: u32) -> Option<&AgentHost> {
@@ -346,6 +499,9 @@ mod tests {
         assert_eq!(d.agent_veth(1), "nmlab-v1");
         assert_eq!(d.etcd_ns(), "nmlab-etcd");
         assert_eq!(d.etcd_veth(), "nmlab-setcd");
+        assert_eq!(d.router_ns(), "nmlab-router");
+        assert_eq!(d.outside_ns(), "nmlab-outside");
+        assert_eq!(d.router_veth(), "nmlab-rtr");
     }
 
     #[test]
@@ -363,7 +519,12 @@ mod tests {
             &"z".repeat(32),
         ] {
             let i = Instance::new(name).unwrap();
-            for link in [i.bridge(), i.agent_veth(200), i.etcd_veth()] {
+            for link in [
+                i.bridge(),
+                i.agent_veth(200),
+                i.etcd_veth(),
+                i.router_veth(),
+            ] {
                 assert!(link.len() <= 15, "{name}: {link}");
                 assert!(i.owns_link(&link), "{name}: {link}");
             }
@@ -390,13 +551,25 @@ mod tests {
         let x = Instance::new("nmlab-x").unwrap();
         let agent = Instance::new("nmlab-agent").unwrap();
         assert!(d.owns_netns("nmlab-agent-1") && d.owns_netns("nmlab-etcd"));
+        assert!(d.owns_netns("nmlab-router") && d.owns_netns("nmlab-outside"));
+        assert!(d.owns_link("nmlab-rtr"));
         assert!(d.owns_link("nmlab-v12") && d.owns_link("nmlab-br0"));
         for other in [&x, &agent] {
-            for ns in [other.agent_ns(1), other.etcd_ns()] {
+            for ns in [
+                other.agent_ns(1),
+                other.etcd_ns(),
+                other.router_ns(),
+                other.outside_ns(),
+            ] {
                 assert!(!d.owns_netns(&ns), "{ns}");
                 assert!(other.owns_netns(&ns), "{ns}");
             }
-            for link in [other.bridge(), other.agent_veth(1), other.etcd_veth()] {
+            for link in [
+                other.bridge(),
+                other.agent_veth(1),
+                other.etcd_veth(),
+                other.router_veth(),
+            ] {
                 assert!(!d.owns_link(&link), "{link}");
             }
             assert!(!other.owns_netns("nmlab-agent-1"));

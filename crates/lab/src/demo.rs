@@ -28,9 +28,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::config::{self, LabConfig, DEFAULT_FABRIC};
+use crate::config::{self, LabConfig, Routing, Topology, DEFAULT_FABRIC, OUTSIDE_PORT};
 use crate::dns;
 use crate::error::{fail, Context, LabError};
+use crate::fabric;
 use crate::http;
 use crate::util;
 
@@ -76,6 +77,16 @@ pub struct DemoArgs {
     /// The fabric's range for the demo's labs (see `netmod lab up --fabric`).
     #[arg(long, default_value = DEFAULT_FABRIC)]
     pub fabric: String,
+    /// `routed`: the agents on two subnets behind a router that knows no
+    /// pool, with an "outside" web server beyond it (see `netmod lab up
+    /// --topology`); the per-task-IP scene then also checks, from the
+    /// tasks, that the outside answers (NAT), and what the router holds.
+    #[arg(long, value_enum, default_value_t = Topology::Flat)]
+    pub topology: Topology,
+    /// With `--topology routed`: `vxlan` (default) or `bgp` (see `netmod
+    /// lab up --routing`).
+    #[arg(long, value_enum)]
+    pub routing: Option<Routing>,
 }
 
 /// The four scenes.
@@ -550,6 +561,11 @@ fn play(spec: &SceneSpec, timeout: Duration) -> Result<(), LabError> {
             for line in render(&m).lines() {
                 println!("    {line}");
             }
+            if spec.scene == Scene::Routed {
+                if let Some(r) = &cfg.router {
+                    across_the_router(&cfg, r, spec.group, timeout)?;
+                }
+            }
             println!("  ✔ matches the story");
             Ok(())
         }
@@ -563,6 +579,243 @@ fn play(spec: &SceneSpec, timeout: Duration) -> Result<(), LabError> {
             fail(why)
         }
     }
+}
+
+/// `netmod-lab lab fetch URL`: GET, the body on stdout.
+pub fn fetch(url: &str) -> Result<(), LabError> {
+    let r = http::request("GET", url, None, Duration::from_secs(3)).map_err(LabError::new)?;
+    if r.status != 200 {
+        return fail(format!("{url} answered {}", r.status));
+    }
+    println!("{}", r.text());
+    Ok(())
+}
+
+/// The pid of a process of a running task (found by its `MESOS_TASK_ID`
+/// under the lab's sandboxes), to enter its network namespace.
+fn task_pid(task_id: &str) -> Option<u32> {
+    let id = format!("MESOS_TASK_ID={task_id}");
+    let sandbox = format!("MESOS_SANDBOX={}/", config::sandbox_root().display());
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+                vars.contains(&id.as_bytes())
+                    && vars.iter().any(|v| v.starts_with(sandbox.as_bytes()))
+            })
+        })
+        .collect();
+    pids.sort();
+    pids.first().copied()
+}
+
+/// What `netmod-lab lab fetch URL` gets from inside a task's network
+/// namespace: the body, or why not.
+fn fetch_from_task(pid: u32, url: &str) -> Result<String, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg(me)
+        .args(["lab", "--name", config::current().name(), "fetch", url])
+        .output()
+        .map_err(|e| format!("cannot run nsenter: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// Whether `dst` (as `ip -j route` shows it) lies inside `pool`.
+fn in_pool(dst: &str, pool: &ipnet::Ipv4Net) -> bool {
+    let net = if dst.contains('/') {
+        dst.parse::<ipnet::Ipv4Net>()
+    } else {
+        format!("{dst}/32").parse()
+    };
+    net.is_ok_and(|n| fabric::overlaps(&n, pool))
+}
+
+/// Routed topology, after the per-task-IP scene: every probe reaches the
+/// outside web server, which sees the probe's host's address (NAT); the
+/// router holds no pool route (VXLAN) or exactly the hosts' blocks, from
+/// BIRD (BGP).
+fn across_the_router(
+    cfg: &LabConfig,
+    r: &config::Router,
+    group: &str,
+    timeout: Duration,
+) -> Result<(), LabError> {
+    let url = format!("http://{}:{OUTSIDE_PORT}/", r.outside_ip);
+    println!("  Across the router: from each probe, {url} (outside every pool; the pool is --nat-outgoing):");
+    let tasks =
+        http::get_json(&marathon("/v2/tasks")?, Duration::from_secs(3)).map_err(LabError::new)?;
+    let mut probes: Vec<&Value> = tasks["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| {
+            t["appId"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&format!("/{group}/probe-")))
+                && t["state"] == "TASK_RUNNING"
+        })
+        .collect();
+    probes.sort_by_key(|t| t["appId"].as_str().unwrap_or("").to_string());
+    if probes.len() != 4 {
+        return fail(format!("expected 4 running probes, found {}", probes.len()));
+    }
+    let mut hosts_seen = BTreeSet::new();
+    for t in probes {
+        let id = t["id"].as_str().unwrap_or("");
+        let host = t["host"].as_str().unwrap_or("");
+        let addr = t["ipAddresses"][0]["ipAddress"].as_str().unwrap_or("?");
+        let host_ip = cfg
+            .agents
+            .iter()
+            .find(|a| a.name == host)
+            .map(|a| a.ip.to_string())
+            .ok_or_else(|| LabError::new(format!("{id} runs on no known agent ({host})")))?;
+        let pid = task_pid(id).ok_or_else(|| LabError::new(format!("no process of {id}")))?;
+        let body = fetch_from_task(pid, &url)
+            .map_err(|e| LabError::new(format!("{id} ({addr} on {host}) → {url}: {e}")))?;
+        let v: Value = serde_json::from_str(&body)
+            .map_err(|_| LabError::new(format!("{url} answered {body:?}")))?;
+        let you = v["you"].as_str().unwrap_or("");
+        println!(
+            "    {:<12} {addr:<16} on {host:<20} → {body}",
+            t["appId"].as_str().unwrap_or("").trim_start_matches('/')
+        );
+        if you != host_ip {
+            return fail(format!(
+                "the outside saw {id} as {you:?}, not as its host {host_ip} (no NAT?)"
+            ));
+        }
+        hosts_seen.insert(host.to_string());
+    }
+    println!(
+        "    the outside sees each probe as its host's address (NAT), from {} host(s) on both sides of the router",
+        hosts_seen.len()
+    );
+    let pool: ipnet::Ipv4Net = cfg
+        .pool
+        .as_deref()
+        .unwrap_or("0.0.0.0/0")
+        .parse()
+        .map_err(|_| LabError::new("the lab's pool is not an IPv4 CIDR"))?;
+    let show = |routes: &[Value]| -> Vec<String> {
+        routes
+            .iter()
+            .map(|x| {
+                let mut line = x["dst"].as_str().unwrap_or("").to_string();
+                if let Some(gw) = x["gateway"].as_str() {
+                    line += &format!(" via {gw}");
+                }
+                if let Some(p) = x["protocol"].as_str() {
+                    line += &format!(" proto {p}");
+                }
+                line
+            })
+            .collect()
+    };
+    match r.routing {
+        Routing::Vxlan => {
+            let routes = fabric::routes_in(&r.ns)?;
+            println!("  The router's routes ({}):", r.ns);
+            for l in show(&routes) {
+                println!("    {l}");
+            }
+            let pooled: Vec<String> = show(
+                &routes
+                    .iter()
+                    .filter(|x| in_pool(x["dst"].as_str().unwrap_or(""), &pool))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+            if !pooled.is_empty() {
+                return fail(format!("the router routes the pool: {pooled:?}"));
+            }
+            println!("    no route into {pool}: the pool crossed it inside VXLAN");
+        }
+        Routing::Bgp => {
+            // The hosts' blocks (netmod's blackholes on each host), and the
+            // addresses of their tasks outside those blocks (the collectors'
+            // fixed ones), which each host announces one by one.
+            let blocks = || -> Result<BTreeMap<String, String>, LabError> {
+                let mut out = BTreeMap::new();
+                for a in &cfg.agents {
+                    let routes = fabric::routes_in(&a.name)?;
+                    let own: Vec<ipnet::Ipv4Net> = routes
+                        .iter()
+                        .filter(|x| x["type"] == "blackhole")
+                        .filter_map(|x| x["dst"].as_str()?.parse().ok())
+                        .filter(|b: &ipnet::Ipv4Net| pool.contains(b))
+                        .collect();
+                    for b in &own {
+                        out.insert(b.to_string(), a.ip.to_string());
+                    }
+                    for x in &routes {
+                        let dst = x["dst"].as_str().unwrap_or("");
+                        let stray = x["dev"].as_str().is_some_and(|d| d.starts_with("nmv"))
+                            && dst.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| {
+                                pool.contains(&ip) && !own.iter().any(|b| b.contains(&ip))
+                            });
+                        if stray {
+                            out.insert(dst.to_string(), a.ip.to_string());
+                        }
+                    }
+                }
+                Ok(out)
+            };
+            let learned = || -> Result<(BTreeMap<String, String>, Vec<String>), LabError> {
+                let routes = fabric::routes_in(&r.ns)?;
+                let mut bird = BTreeMap::new();
+                let mut other = Vec::new();
+                for x in routes
+                    .iter()
+                    .filter(|x| in_pool(x["dst"].as_str().unwrap_or(""), &pool))
+                {
+                    if x["protocol"] == "bird" {
+                        bird.insert(
+                            x["dst"].as_str().unwrap_or("").to_string(),
+                            x["gateway"].as_str().unwrap_or("").to_string(),
+                        );
+                    } else {
+                        other.extend(show(std::slice::from_ref(x)));
+                    }
+                }
+                Ok((bird, other))
+            };
+            let started = Instant::now();
+            let (want, (have, other)) = loop {
+                let (want, got) = (blocks()?, learned()?);
+                if (want == got.0 && got.1.is_empty()) || started.elapsed() > timeout {
+                    break (want, got);
+                }
+                thread::sleep(Duration::from_millis(500));
+            };
+            println!("  The router's pool routes ({}), from BIRD:", r.ns);
+            for (dst, gw) in &have {
+                println!("    {dst} via {gw} proto bird");
+            }
+            if !other.is_empty() {
+                return fail(format!("the router routes the pool otherwise: {other:?}"));
+            }
+            if have != want {
+                return fail(format!(
+                    "the router holds {have:?}, the hosts' blocks and addresses outside them are {want:?} (→ host)"
+                ));
+            }
+            println!(
+                "    exactly the hosts' {} block(s) and addresses outside them, each via its host: learned by BGP",
+                want.len()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `netmod --store <the lab's store> ARGS` (the netmod the lab runs), the
@@ -851,8 +1104,25 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
     const POLICY_TITLE: &str = "4/4 Policy: Calico GlobalNetworkPolicy on the running tasks";
     let mut results: Vec<(&str, Result<(), String>)> = Vec::new();
     let outcome = (|| -> Result<(), LabError> {
+        let topology = match args.topology {
+            Topology::Flat => "flat",
+            Topology::Routed => "routed",
+        };
+        let routing = args.routing.map(|r| r.to_string());
+        let mut shape: Vec<&str> = vec!["--fabric", &args.fabric, "--topology", topology];
+        if args.topology == Topology::Routed {
+            println!(
+                "\nThe fabric is routed: agent 1 on the bridge's subnet, agent 2 on a second \
+                 subnet behind a router that holds no pool route ({}), and an outside web \
+                 server beyond the router.",
+                match args.routing.unwrap_or_default() {
+                    Routing::Vxlan => "VXLAN carries the pool across it",
+                    Routing::Bgp => "it learns the hosts' blocks by BGP",
+                }
+            );
+        }
         println!("\n-- the \"before\" cluster");
-        lab_cmd(&["up", "--no-isolator", "--fabric", &args.fabric])?;
+        lab_cmd(&[&["up", "--no-isolator"], shape.as_slice()].concat())?;
         println!("  {}", urls());
         let r = play(&scenes[0], timeout);
         results.push((
@@ -862,10 +1132,13 @@ pub fn run(args: &DemoArgs) -> Result<(), LabError> {
         interrupted()?;
         lab_cmd(&["down"])?;
         println!("\n-- the cluster with netmod");
-        match args.store.as_deref() {
-            Some(store) => lab_cmd(&["up", "--fabric", &args.fabric, "--store", store])?,
-            None => lab_cmd(&["up", "--fabric", &args.fabric])?,
+        if let Some(r) = &routing {
+            shape.extend(["--routing", r.as_str()]);
         }
+        if let Some(store) = args.store.as_deref() {
+            shape.extend(["--store", store]);
+        }
+        lab_cmd(&[&["up"], shape.as_slice()].concat())?;
         println!("  {}", urls());
         // A store the user named may hold the policies of a kept demo.
         delete_demo_policies(

@@ -1,6 +1,10 @@
 //! The fabric: a bridge `<lab>-br0` in the machine's namespace, one namespace
 //! `<lab>-agent-N` per agent host joined to it by a veth `<lab>-vN`, and (with
 //! the isolator) the pool routed from the machine into the fabric via agent 1.
+//! With `--topology routed`: the fabric split in two subnets, a router
+//! namespace `<lab>-router` between them (veth `<lab>-rtr` on the bridge,
+//! the second subnet's bridge inside it) and an outside namespace
+//! `<lab>-outside` beyond it.
 //!
 //! Everything here goes through the `ip` command: the lab is a harness, and
 //! only netmod's own dataplane talks netlink. Every object carries its
@@ -14,7 +18,10 @@ use std::process::{Command, Stdio};
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-use crate::config::{AgentHost, Instance, LabConfig, AGENT_PORT, HOST_IF};
+use crate::config::{
+    AgentHost, Instance, LabConfig, Router, Routing, AGENT_PORT, HOST_IF, OUTSIDE_ADDR,
+    OUTSIDE_PREFIX, OUTSIDE_ROUTER, ROUTER_AS,
+};
 use crate::error::{fail, Context, LabError};
 
 /// Runs `ip ARGS`, returning stdout; the error carries ip's own message.
@@ -150,6 +157,56 @@ pub fn plan(
     Ok((bridge_ip, hosts))
 }
 
+/// `--topology routed`: the fabric split in two halves. The first is the
+/// bridge's subnet: the machine (the bridge's address, the first), etcd,
+/// the router (the second address) and the odd agents; the second is behind
+/// the router (its first address), with the even agents. Agent N takes the
+/// 10+N-th address of its half.
+pub fn plan_routed(
+    lab: &Instance,
+    fabric: &Ipv4Net,
+    agents: u32,
+    routing: Routing,
+) -> Result<(Ipv4Addr, Vec<AgentHost>, Router), LabError> {
+    if fabric.prefix_len() > 25 {
+        return fail(format!(
+            "the fabric {fabric} is too small for --topology routed (use a /25 or larger: \
+             it is split in two subnets)"
+        ));
+    }
+    let halves: Vec<Ipv4Net> = fabric
+        .subnets(fabric.prefix_len() + 1)
+        .expect("a valid prefix")
+        .collect();
+    let (a, b) = (halves[0], halves[1]);
+    let room = (1u64 << (32 - a.prefix_len())) - 12;
+    if agents == 0 || agents as u64 > room.min(200) {
+        return fail(format!("--agents must be between 1 and {}", room.min(200)));
+    }
+    let at = |net: &Ipv4Net, n: u32| Ipv4Addr::from(u32::from(net.network()) + n);
+    let hosts = (1..=agents)
+        .map(|i| AgentHost {
+            index: i,
+            name: lab.agent_ns(i),
+            ip: at(if i % 2 == 1 { &a } else { &b }, 10 + i),
+            root_veth: lab.agent_veth(i),
+        })
+        .collect();
+    let router = Router {
+        ns: lab.router_ns(),
+        veth: lab.router_veth(),
+        subnet_a: a.to_string(),
+        ip_a: at(&a, 2),
+        subnet_b: b.to_string(),
+        ip_b: at(&b, 1),
+        outside_ns: lab.outside_ns(),
+        outside_ip: OUTSIDE_ADDR,
+        routing,
+        asn: ROUTER_AS,
+    };
+    Ok((at(&a, 1), hosts, router))
+}
+
 /// The etcd server's own address on the fabric, below the agents'.
 pub fn etcd_ip(fabric: &Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(fabric.network()) + 5)
@@ -214,32 +271,68 @@ pub fn create_service_host(
     Ok(())
 }
 
-/// Creates the bridge and every agent host namespace.
+/// Creates the bridge, the router and the outside (routed), and every
+/// agent host namespace.
 pub fn create(cfg: &LabConfig) -> Result<(), LabError> {
-    let prefix = cfg.fabric.parse::<Ipv4Net>().expect("checked").prefix_len();
-    let bridge_addr = format!("{}/{prefix}", cfg.bridge_ip);
+    let bridge_addr = format!("{}/{}", cfg.bridge_ip, cfg.bridge_prefix());
     let bridge = cfg.bridge.as_str();
     ip(&["link", "add", bridge, "type", "bridge"])?;
     ip(&["addr", "add", &bridge_addr, "dev", bridge])?;
     ip(&["link", "set", bridge, "up"])?;
+    if let Some(r) = &cfg.router {
+        create_router(cfg, r)?;
+    }
     for a in &cfg.agents {
         let ns = a.name.as_str();
+        let (prefix, gw) = cfg.agent_link(a);
         let addr = format!("{}/{prefix}", a.ip);
-        let gw = cfg.bridge_ip.to_string();
+        let gw = gw.to_string();
         ip(&["netns", "add", ns])?;
-        ip(&[
-            "link",
-            "add",
-            &a.root_veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            HOST_IF,
-            "netns",
-            ns,
-        ])?;
-        ip(&["link", "set", &a.root_veth, "master", bridge, "up"])?;
+        match &cfg.router {
+            // Behind the router: on its second subnet's bridge, inside its
+            // namespace (the machine has no leg there).
+            Some(r) if r.on_b(a.ip) => {
+                ip(&[
+                    "-n",
+                    &r.ns,
+                    "link",
+                    "add",
+                    &a.root_veth,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    HOST_IF,
+                    "netns",
+                    ns,
+                ])?;
+                ip(&[
+                    "-n",
+                    &r.ns,
+                    "link",
+                    "set",
+                    &a.root_veth,
+                    "master",
+                    ROUTER_B_BRIDGE,
+                    "up",
+                ])?;
+            }
+            _ => {
+                ip(&[
+                    "link",
+                    "add",
+                    &a.root_veth,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    HOST_IF,
+                    "netns",
+                    ns,
+                ])?;
+                ip(&["link", "set", &a.root_veth, "master", bridge, "up"])?;
+            }
+        }
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         ip(&["-n", ns, "addr", "add", &addr, "dev", HOST_IF])?;
         ip(&["-n", ns, "link", "set", HOST_IF, "up"])?;
@@ -262,6 +355,98 @@ pub fn create(cfg: &LabConfig) -> Result<(), LabError> {
         )?;
     }
     Ok(())
+}
+
+/// The second subnet's bridge, inside the router's namespace.
+pub const ROUTER_B_BRIDGE: &str = "br1";
+/// The router's leg to the outside, inside its namespace.
+pub const ROUTER_OUT_IF: &str = "out";
+
+fn sysctl_in(ns: &str, setting: &str) -> Result<(), LabError> {
+    run("ip", &["netns", "exec", ns, "sysctl", "-qw", setting]).map(|_| ())
+}
+
+/// The router: a namespace with a leg on the bridge (the first subnet), a
+/// bridge of its own for the second subnet, and a leg to the outside; it
+/// forwards between the three and holds no route into any pool (with BGP,
+/// only what BIRD learns). The outside: a namespace at [`OUTSIDE_ADDR`]
+/// whose only route is its default, via the router. The machine routes the
+/// second subnet via the router (through the bridge, so the route goes with
+/// it); it has no route to the outside.
+fn create_router(cfg: &LabConfig, r: &Router) -> Result<(), LabError> {
+    let a: Ipv4Net = r.subnet_a.parse().expect("planned");
+    let b: Ipv4Net = r.subnet_b.parse().expect("planned");
+    let ns = r.ns.as_str();
+    ip(&["netns", "add", ns])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    ip(&[
+        "link", "add", &r.veth, "type", "veth", "peer", "name", HOST_IF, "netns", ns,
+    ])?;
+    ip(&["link", "set", &r.veth, "master", &cfg.bridge, "up"])?;
+    let addr_a = format!("{}/{}", r.ip_a, a.prefix_len());
+    ip(&["-n", ns, "addr", "add", &addr_a, "dev", HOST_IF])?;
+    ip(&["-n", ns, "link", "set", HOST_IF, "up"])?;
+    ip(&["-n", ns, "link", "add", ROUTER_B_BRIDGE, "type", "bridge"])?;
+    let addr_b = format!("{}/{}", r.ip_b, b.prefix_len());
+    ip(&["-n", ns, "addr", "add", &addr_b, "dev", ROUTER_B_BRIDGE])?;
+    ip(&["-n", ns, "link", "set", ROUTER_B_BRIDGE, "up"])?;
+    // A router; replies to the machine come back by another way than the
+    // machine's packets went (through agent 1's overlay), so no reverse-path
+    // filter.
+    for s in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ] {
+        sysctl_in(ns, s)?;
+    }
+    let out = r.outside_ns.as_str();
+    ip(&["netns", "add", out])?;
+    ip(&["-n", out, "link", "set", "lo", "up"])?;
+    ip(&[
+        "-n",
+        ns,
+        "link",
+        "add",
+        ROUTER_OUT_IF,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        HOST_IF,
+        "netns",
+        out,
+    ])?;
+    let router_out = format!("{OUTSIDE_ROUTER}/{OUTSIDE_PREFIX}");
+    ip(&["-n", ns, "addr", "add", &router_out, "dev", ROUTER_OUT_IF])?;
+    ip(&["-n", ns, "link", "set", ROUTER_OUT_IF, "up"])?;
+    let outside = format!("{}/{OUTSIDE_PREFIX}", r.outside_ip);
+    ip(&["-n", out, "addr", "add", &outside, "dev", HOST_IF])?;
+    ip(&["-n", out, "link", "set", HOST_IF, "up"])?;
+    ip(&[
+        "-n",
+        out,
+        "route",
+        "add",
+        "default",
+        "via",
+        &OUTSIDE_ROUTER.to_string(),
+    ])?;
+    ip(&[
+        "route",
+        "add",
+        &r.subnet_b,
+        "via",
+        &r.ip_a.to_string(),
+        "dev",
+        &cfg.bridge,
+    ])?;
+    Ok(())
+}
+
+/// The routes of a namespace as `ip -j route` shows them.
+pub fn routes_in(ns: &str) -> Result<Vec<Value>, LabError> {
+    ip_json(&["-n", ns, "-4", "-j", "route", "show"])
 }
 
 /// The nftables table the lab adds to each agent host (netmod's own is
@@ -291,10 +476,40 @@ pub fn control_port_rules(bridge_ip: Ipv4Addr, agent: &AgentHost) -> String {
     )
 }
 
+/// netmod's vxlan device on every host (`netmod_core::routing::VXLAN_DEVICE`).
+pub const VXLAN_DEVICE: &str = "vxlan.netmod";
+
+/// Routed VXLAN: the machine routes the pool to agent 1, which hands its
+/// packets into the overlay. A host accepts from the overlay only inner
+/// sources of the sender's blocks and the sender's own address, so agent 1
+/// gives the machine's packets its own address on the way in (the replies
+/// come back to agent 1 through the router, and conntrack undoes it). The
+/// machine is a client of the cluster here, as a browser outside a Calico
+/// VXLAN cluster is: it reaches tasks in `public` (the collectors' pages).
+pub fn overlay_gateway_rules(bridge_ip: Ipv4Addr, agent: &AgentHost) -> String {
+    format!(
+        "table inet {GUARD_TABLE} {{\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\toifname \"{VXLAN_DEVICE}\" ip saddr {bridge_ip} snat ip to {ip} \
+         comment \"the machine into the overlay, as this host\"\n\
+         \t}}\n\
+         }}\n",
+        ip = agent.ip,
+    )
+}
+
 /// Installs [`control_port_rules`] in an agent host's namespace (before the
 /// agent listens).
 pub fn guard_control_port(cfg: &LabConfig, agent: &AgentHost) -> Result<(), LabError> {
-    let rules = control_port_rules(cfg.bridge_ip, agent);
+    let mut rules = control_port_rules(cfg.bridge_ip, agent);
+    let overlay = cfg
+        .router
+        .as_ref()
+        .is_some_and(|r| r.routing == Routing::Vxlan);
+    if overlay && cfg.pool_gateway() == Some(agent.ip) && cfg.pool.is_some() {
+        rules.push_str(&overlay_gateway_rules(cfg.bridge_ip, agent));
+    }
     let mut child = Command::new("ip")
         .args(["netns", "exec", &agent.name, "nft", "-f", "-"])
         .stdin(Stdio::piped())
@@ -320,11 +535,12 @@ pub fn guard_control_port(cfg: &LabConfig, agent: &AgentHost) -> Result<(), LabE
     Ok(())
 }
 
-/// Routes the pool from the machine into the fabric, via agent 1. Done
+/// Routes the pool from the machine into the fabric, via agent 1 (or,
+/// routed with BGP, via the router: see [`LabConfig::pool_gateway`]). Done
 /// before any task starts, so traffic to pool addresses never falls through
 /// to the machine's default route.
 pub fn route_pool(cfg: &LabConfig) -> Result<(), LabError> {
-    let (Some(pool), Some(first)) = (&cfg.pool, cfg.agents.first()) else {
+    let (Some(pool), Some(gateway)) = (&cfg.pool, cfg.pool_gateway()) else {
         return Ok(());
     };
     ip(&[
@@ -332,7 +548,7 @@ pub fn route_pool(cfg: &LabConfig) -> Result<(), LabError> {
         "add",
         pool,
         "via",
-        &first.ip.to_string(),
+        &gateway.to_string(),
         "dev",
         &cfg.bridge,
     ])?;
@@ -470,6 +686,39 @@ mod tests {
         assert!(accept < reject, "{rules}");
         // Replaces an earlier copy rather than adding to it.
         assert!(rules.starts_with("add table inet netmod_lab\ndelete table inet netmod_lab\n"));
+    }
+
+    #[test]
+    fn routed_plan_splits_the_fabric_behind_a_router() {
+        let lab = Instance::default_instance();
+        let fabric: Ipv4Net = "10.234.0.0/24".parse().unwrap();
+        let (br, agents, r) = plan_routed(&lab, &fabric, 3, Routing::Vxlan).unwrap();
+        assert_eq!(br.to_string(), "10.234.0.1");
+        let ips: Vec<String> = agents.iter().map(|a| a.ip.to_string()).collect();
+        assert_eq!(ips, ["10.234.0.11", "10.234.0.140", "10.234.0.13"]);
+        assert_eq!(
+            (r.subnet_a.as_str(), r.ip_a.to_string()),
+            ("10.234.0.0/25", "10.234.0.2".into())
+        );
+        assert_eq!(
+            (r.subnet_b.as_str(), r.ip_b.to_string()),
+            ("10.234.0.128/25", "10.234.0.129".into())
+        );
+        assert_eq!(
+            (r.ns.as_str(), r.veth.as_str()),
+            ("nmlab-router", "nmlab-rtr")
+        );
+        assert_eq!(r.outside_ns, "nmlab-outside");
+        assert!(r.on_b(agents[1].ip) && !r.on_b(agents[0].ip) && !r.on_b(agents[2].ip));
+        assert_eq!(r.gateway_for(agents[1].ip), (r.ip_b, 25));
+        assert_eq!(r.gateway_for(agents[0].ip), (r.ip_a, 25));
+        // The etcd address stays on the bridge's subnet, clear of the router's.
+        assert!(etcd_ip(&fabric) != r.ip_a && etcd_ip(&fabric) < agents[0].ip);
+        let e = plan_routed(&lab, &"10.234.0.0/26".parse().unwrap(), 2, Routing::Vxlan)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too small for --topology routed"), "{e}");
+        assert!(plan_routed(&lab, &fabric, 0, Routing::Bgp).is_err());
     }
 
     #[test]

@@ -21,7 +21,8 @@ use serde_json::Value;
 
 use crate::auth;
 use crate::config::{
-    self, LabConfig, MasterPorts, DEFAULT_FABRIC, DEFAULT_POOL, MARATHON_PORT, MESOS_PORT,
+    self, LabConfig, MasterPorts, Router, Routing, Topology, DEFAULT_FABRIC, DEFAULT_POOL,
+    HOSTS_AS, MARATHON_PORT, MESOS_PORT, OUTSIDE_PORT,
 };
 use crate::error::{fail, Context, LabError};
 use crate::fabric;
@@ -63,6 +64,19 @@ pub struct UpArgs {
     /// for any other.
     #[arg(long, value_name = "PORT")]
     pub mesos_port: Option<u16>,
+    /// `flat`: every agent on the bridge. `routed`: the fabric split in two
+    /// subnets, odd agents on the bridge's, even agents behind a router
+    /// namespace that holds no pool route, and an "outside" namespace beyond
+    /// the router with a web server on 198.51.100.1:80 (the pool is added
+    /// with `--nat-outgoing`, so tasks reach it).
+    #[arg(long, value_enum, default_value_t = Topology::Flat)]
+    pub topology: Topology,
+    /// With `--topology routed`: how pool traffic crosses the router.
+    /// `vxlan` (the default): the pool is `--vxlan-mode Always`. `bgp`: every
+    /// `netmod node` runs with `--bgp`, the router runs BIRD 2 and peers with
+    /// each host (`netmod bgp peer add`), the pool is `--vxlan-mode Never`.
+    #[arg(long, value_enum)]
+    pub routing: Option<Routing>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -184,7 +198,33 @@ pub fn up(args: &UpArgs) -> Result<(), LabError> {
         Some(p.trunc())
     };
     fabric::check_ranges(&fabric::machine_routes()?, &fabric_net, pool.as_ref())?;
-    let (bridge_ip, agents) = fabric::plan(lab, &fabric_net, args.agents)?;
+    let routing = match (args.topology, args.routing) {
+        (Topology::Flat, Some(r)) => {
+            return fail(format!(
+                "--routing {r} is for --topology routed (a flat fabric routes the pool directly)"
+            ))
+        }
+        (Topology::Routed, Some(Routing::Bgp)) if args.no_isolator => {
+            return fail("--routing bgp needs netmod (not --no-isolator): the hosts speak BGP")
+        }
+        (_, r) => r.unwrap_or_default(),
+    };
+    let (bridge_ip, agents, router) = match args.topology {
+        Topology::Flat => {
+            let (b, a) = fabric::plan(lab, &fabric_net, args.agents)?;
+            (b, a, None)
+        }
+        Topology::Routed => {
+            let (b, a, r) = fabric::plan_routed(lab, &fabric_net, args.agents, routing)?;
+            (b, a, Some(r))
+        }
+    };
+    if router.as_ref().is_some_and(|r| r.routing == Routing::Bgp) {
+        let bird = Command::new(BIRD).arg("--version").output();
+        if !bird.is_ok_and(|o| o.status.success()) {
+            return fail("--routing bgp needs BIRD 2: bird is missing (apt-get install bird2)");
+        }
+    }
     let etcd_ip = (args.store.as_deref() == Some("etcd")).then(|| fabric::etcd_ip(&fabric_net));
     if etcd_ip.is_some() && !Path::new(ETCD_BIN).is_file() {
         return fail(format!(
@@ -204,6 +244,10 @@ pub fn up(args: &UpArgs) -> Result<(), LabError> {
     if etcd_ip.is_some() {
         namespaces.push(lab.etcd_ns());
         links.push(lab.etcd_veth());
+    }
+    if let Some(r) = &router {
+        namespaces.extend([r.ns.clone(), r.outside_ns.clone()]);
+        links.push(r.veth.clone());
     }
     fabric::check_free(&namespaces, &links)?;
 
@@ -246,6 +290,8 @@ pub fn up(args: &UpArgs) -> Result<(), LabError> {
         created_at: unix_now(),
         listen,
         ports: None,
+        topology: args.topology,
+        router,
     };
     let built = cfg.save().and_then(|()| build(&mut cfg, &bin_dir, etcd_ip));
     match built {
@@ -380,18 +426,41 @@ fn build(
         "fabric: bridge {} {}/{}",
         cfg.bridge,
         cfg.bridge_ip,
-        prefix(cfg)
+        cfg.bridge_prefix()
     ));
     fabric::create(cfg)?;
+    if let Some(r) = &cfg.router {
+        say(format!(
+            "router: namespace {} ({} on the bridge's subnet {}, {} on the second subnet {}, \
+             {} to the outside); forwards, holds no pool route{}",
+            r.ns,
+            r.ip_a,
+            r.subnet_a,
+            r.ip_b,
+            r.subnet_b,
+            config::OUTSIDE_ROUTER,
+            if r.routing == Routing::Bgp {
+                " but what BIRD learns"
+            } else {
+                ""
+            }
+        ));
+        say(format!(
+            "route: {} via {} (the second subnet)",
+            r.subnet_b, r.ip_a
+        ));
+        start_outside(cfg, r)?;
+    }
     for a in &cfg.agents {
         // Before the agent listens: its control port is the master's only.
         fabric::guard_control_port(cfg, a)?;
         say(format!(
-            "host {}: {} (namespace {}, default route via {}; control port {} from {} only)",
+            "host {}: {}/{} (namespace {}, default route via {}; control port {} from {} only)",
             a.name,
             a.ip,
+            cfg.agent_link(a).0,
             a.name,
-            cfg.bridge_ip,
+            cfg.agent_link(a).1,
             config::AGENT_PORT,
             cfg.bridge_ip
         ));
@@ -399,16 +468,28 @@ fn build(
     if let Some(ip) = etcd_ip {
         start_etcd(cfg, ip)?;
     }
+    if let Some(r) = cfg.router.as_ref().filter(|r| r.routing == Routing::Bgp) {
+        start_router_bird(cfg, r)?;
+    }
     if let Some(pool) = &cfg.pool {
         // Before any task runs: pool traffic from the machine goes into the
         // fabric, never to the machine's default route.
         fabric::route_pool(cfg)?;
         say(format!(
-            "route: {pool} via {} (into the fabric)",
-            cfg.agents[0].ip
+            "route: {pool} via {} ({})",
+            cfg.pool_gateway()
+                .map(|g| g.to_string())
+                .unwrap_or_default(),
+            match cfg.router.as_ref().map(|r| r.routing) {
+                None => "into the fabric",
+                Some(Routing::Vxlan) => "agent 1 hands the machine's packets into the overlay",
+                Some(Routing::Bgp) => "the router, which learns every host's blocks",
+            }
         ));
+        let flags = pool_flags(cfg);
         let out = Command::new(&cfg.netmod)
             .args(["--store", &cfg.store, "pool", "add", pool])
+            .args(&flags)
             .output()
             .context(|| "cannot run netmod pool add".into())?;
         let text = format!(
@@ -419,7 +500,38 @@ fn build(
         if !out.status.success() && !text.contains("already") {
             return fail(format!("netmod pool add {pool} failed: {}", text.trim()));
         }
-        say(format!("pool: {pool} in the store {}", cfg.store));
+        say(format!(
+            "pool: {pool}{} in the store {}",
+            if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", flags.join(" "))
+            },
+            cfg.store
+        ));
+        if let Some(r) = cfg.router.as_ref().filter(|r| r.routing == Routing::Bgp) {
+            // Before any node starts: the hosts peer with the router only
+            // (each reaches the router's address on its own subnet).
+            for addr in [r.ip_a, r.ip_b] {
+                let asn = r.asn.to_string();
+                let addr = addr.to_string();
+                let out = Command::new(&cfg.netmod)
+                    .args(["--store", &cfg.store, "bgp", "peer", "add", &addr])
+                    .args(["--as", &asn, "--description", "the lab's router"])
+                    .output()
+                    .context(|| "cannot run netmod bgp peer add".into())?;
+                if !out.status.success() {
+                    return fail(format!(
+                        "netmod bgp peer add {addr} failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+            }
+            say(format!(
+                "bgp: every host peers with the router ({} and {}, AS {}; the hosts are AS {HOSTS_AS})",
+                r.ip_a, r.ip_b, r.asn
+            ));
+        }
     }
     start_master(cfg)?;
     let exe = cfg.netmod.display().to_string();
@@ -434,7 +546,7 @@ fn build(
         if cfg.isolator {
             let metrics = format!("127.0.0.1:{}", config::NODE_METRICS_PORT);
             let ip = a.ip.to_string();
-            let node: Vec<String> = [
+            let mut node: Vec<String> = [
                 exe.as_str(),
                 "--store",
                 &cfg.store,
@@ -449,6 +561,7 @@ fn build(
             .into_iter()
             .map(str::to_string)
             .collect();
+            node.extend(node_bgp_args(cfg, a));
             procs::spawn_daemon(&format!("node-{}", a.index), &in_ns(node))?;
         }
         let index = a.index.to_string();
@@ -524,10 +637,188 @@ fn start_master(cfg: &mut LabConfig) -> Result<(), LabError> {
 }
 
 fn prefix(cfg: &LabConfig) -> u8 {
-    cfg.fabric
-        .parse::<Ipv4Net>()
-        .map(|n| n.prefix_len())
-        .unwrap_or(24)
+    cfg.bridge_prefix()
+}
+
+/// Debian's BIRD 2.
+const BIRD: &str = "bird";
+
+/// `netmod pool add` flags: routed, the pool crosses the router in VXLAN
+/// (or is routed by BGP) and its tasks reach the outside through NAT.
+pub fn pool_flags(cfg: &LabConfig) -> Vec<String> {
+    let mode = match cfg.router.as_ref().map(|r| r.routing) {
+        None => return Vec::new(),
+        Some(Routing::Vxlan) => "Always",
+        Some(Routing::Bgp) => "Never",
+    };
+    ["--vxlan-mode", mode, "--nat-outgoing"]
+        .map(str::to_string)
+        .to_vec()
+}
+
+/// Where an agent's node keeps BIRD's file and socket (the namespaces share
+/// the machine's filesystem: one pair per host, in the lab's run directory).
+fn bird_paths(agent: &config::AgentHost) -> (PathBuf, PathBuf) {
+    let dir = config::run_dir().join("bird");
+    (
+        dir.join(format!("agent-{}.conf", agent.index)),
+        dir.join(format!("agent-{}.ctl", agent.index)),
+    )
+}
+
+/// `netmod node` flags for BGP (routed with `--routing bgp`), else none.
+fn node_bgp_args(cfg: &LabConfig, agent: &config::AgentHost) -> Vec<String> {
+    if !cfg
+        .router
+        .as_ref()
+        .is_some_and(|r| r.routing == Routing::Bgp)
+    {
+        return Vec::new();
+    }
+    let (conf, sock) = bird_paths(agent);
+    vec![
+        "--bgp".into(),
+        "--bgp-as".into(),
+        HOSTS_AS.to_string(),
+        "--bird-config".into(),
+        conf.display().to_string(),
+        "--bird-socket".into(),
+        sock.display().to_string(),
+    ]
+}
+
+/// The router's BIRD: one eBGP session per agent host, from the router's
+/// address on that host's subnet; it takes only prefixes of the pool (the
+/// hosts' blocks), installs them in its kernel table and passes them on to
+/// the other hosts (next hop: itself).
+pub fn router_bird_conf(cfg: &LabConfig, r: &Router) -> String {
+    let pool = cfg.pool.as_deref().unwrap_or("0.0.0.0/0");
+    let mut o = format!(
+        "# Written by netmod lab up: the router of the routed topology.\n\
+         log stderr all;\n\
+         router id {};\n\
+         protocol device {{ scan time 10; }}\n\
+         protocol kernel {{\n  ipv4 {{ import none; export where source = RTS_BGP; }};\n}}\n",
+        r.ip_a
+    );
+    for a in &cfg.agents {
+        let (local, _) = r.gateway_for(a.ip);
+        o.push_str(&format!(
+            "\nprotocol bgp agent_{i} {{\n  description \"{name}\";\n  local {local} as {asn};\n  \
+             neighbor {ip} as {HOSTS_AS};\n  hold time 3;\n  keepalive time 1;\n  \
+             connect retry time 1;\n  graceful restart off;\n  \
+             ipv4 {{ import where net ~ [ {pool}+ ]; export where source = RTS_BGP; }};\n}}\n",
+            i = a.index,
+            name = a.name,
+            asn = r.asn,
+            ip = a.ip,
+        ));
+    }
+    o
+}
+
+fn router_bird_paths() -> (PathBuf, PathBuf) {
+    let dir = config::run_dir().join("router");
+    (dir.join("bird.conf"), dir.join("bird.ctl"))
+}
+
+/// BIRD in the router's namespace, a lab process (`router-bird`).
+fn start_router_bird(cfg: &LabConfig, r: &Router) -> Result<(), LabError> {
+    let (conf, sock) = router_bird_paths();
+    if let Some(dir) = conf.parent() {
+        fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
+    }
+    fs::write(&conf, router_bird_conf(cfg, r))
+        .context(|| format!("cannot write {}", conf.display()))?;
+    let argv: Vec<String> = [
+        "ip",
+        "netns",
+        "exec",
+        &r.ns,
+        BIRD,
+        "-f",
+        "-c",
+        &conf.display().to_string(),
+        "-s",
+        &sock.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    procs::spawn_daemon("router-bird", &argv)?;
+    let birdc = || {
+        Command::new("ip")
+            .args(["netns", "exec", &r.ns, "birdc", "-s"])
+            .arg(&sock)
+            .arg("show status")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    wait_for("BIRD on the router", Duration::from_secs(10), birdc)
+        .map_err(|e| LabError::new(format!("{e}\n{}", procs::log_tail("router-bird", 10))))?;
+    say(format!(
+        "router: BIRD 2 (AS {}), {}, one session per host",
+        r.asn,
+        conf.display()
+    ));
+    Ok(())
+}
+
+/// The outside's web server: a lab process in the outside namespace.
+fn start_outside(cfg: &LabConfig, r: &Router) -> Result<(), LabError> {
+    let listen = format!("{}:{OUTSIDE_PORT}", r.outside_ip);
+    let inner = lab_argv(cfg, "outside", &["--listen", &listen]);
+    let argv: Vec<String> = ["ip", "netns", "exec", &r.outside_ns]
+        .into_iter()
+        .map(str::to_string)
+        .chain(inner)
+        .collect();
+    procs::spawn_daemon("outside", &argv)?;
+    wait_for("the outside web server", Duration::from_secs(10), || {
+        procs::log_tail("outside", 5).contains("listening on")
+    })
+    .map_err(|e| LabError::new(format!("{e}\n{}", procs::log_tail("outside", 10))))?;
+    say(format!(
+        "outside: namespace {}, http://{listen}/ (outside every pool; default route via the router)",
+        r.outside_ns
+    ));
+    Ok(())
+}
+
+/// `netmod-lab lab outside --listen ADDR`: the outside's web server. Every
+/// answer is JSON naming the server and the address the request came from
+/// (`{"server": "outside", "you": "10.234.0.11"}`): behind NAT, a task's
+/// host's address.
+pub fn outside_server(listen: std::net::SocketAddr) -> Result<(), LabError> {
+    use std::io::{Read, Write};
+    let listener =
+        std::net::TcpListener::bind(listen).context(|| format!("cannot listen on {listen}"))?;
+    println!("outside: listening on {listen}");
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = thread::Builder::new().spawn(move || {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(3)));
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16384 {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let you = conn
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let body = serde_json::json!({"server": "outside", "you": you}).to_string();
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        });
+    }
+    Ok(())
 }
 
 fn say(line: String) {
@@ -581,7 +872,13 @@ fn print_summary(cfg: &LabConfig) {
         "lab {:?} up: {} agent(s){}.\n  Marathon: {}/\n  Mesos:    {}/\n  `netmod lab {name_flag}status` shows it, `netmod lab {name_flag}down` removes it.",
         cfg.name,
         cfg.agents.len(),
-        if cfg.isolator {
+        match &cfg.router {
+            Some(r) => format!(
+                " on two subnets behind the router {} ({}; the outside at http://{}:{OUTSIDE_PORT}/)",
+                r.ns, r.routing, r.outside_ip
+            ),
+            None => String::new(),
+        } + &if cfg.isolator {
             format!(", tasks with ipAddress get addresses from {}", cfg.pool.as_deref().unwrap_or("?"))
         } else {
             " without the network isolator (host ports only)".into()
@@ -641,13 +938,21 @@ pub fn status(args: &StatusArgs) -> Result<(), LabError> {
             format!(
                 "pool {} routed via {}",
                 cfg.pool.as_deref().unwrap_or("-"),
-                cfg.agents[0].ip
+                cfg.pool_gateway()
+                    .map(|g| g.to_string())
+                    .unwrap_or_default()
             )
         } else {
             "no isolator".into()
         },
         cfg.store
     );
+    if let Some(r) = &cfg.router {
+        println!(
+            "topology:   routed ({}): router {} ({} on {}, {} on {}), outside {} http://{}:{OUTSIDE_PORT}/",
+            r.routing, r.ns, r.ip_a, r.subnet_a, r.ip_b, r.subnet_b, r.outside_ns, r.outside_ip
+        );
+    }
     match (cfg.marathon_url(), cfg.mesos_url(), cfg.master_url()) {
         (Ok(marathon), Ok(mesos), Ok(agents)) => {
             println!("master:     Marathon {marathon}/  Mesos {mesos}/  (agents: {agents})")
@@ -769,10 +1074,19 @@ pub fn down_quiet() -> Result<Vec<String>, LabError> {
                     .args(["10", "ip", "netns", "exec", &a.name])
                     .arg(&cfg.netmod)
                     .args(["--store", &cfg.store, "node", "--uninstall"])
+                    .args(node_bgp_args(cfg, a))
                     .output();
             }
         }
     }
+    // The router's BIRD and the outside's web server.
+    let (router_conf, _) = router_bird_paths();
+    procs::stop(
+        "router-bird",
+        &router_conf.display().to_string(),
+        Duration::from_secs(5),
+    );
+    procs::stop("outside", &marker("outside"), Duration::from_secs(3));
     // The lab's etcd last: the agents' release and cleanup calls needed it.
     procs::stop("etcd", "etcd", Duration::from_secs(5));
     for ns in &namespaces {
@@ -856,6 +1170,65 @@ mod tests {
         let none = store_export(&cfg("/run/netmod-lab/netmod.db", false));
         assert!(none.starts_with('#'), "{none}");
         assert_eq!(eval(&none), "unset");
+    }
+
+    #[test]
+    fn a_config_without_a_topology_is_flat() {
+        let c = cfg("/s.db", true);
+        assert_eq!(c.topology, Topology::Flat);
+        assert!(c.router.is_none() && pool_flags(&c).is_empty());
+    }
+
+    #[test]
+    fn the_routed_lab_adds_its_pool_and_the_routers_bird() {
+        let mut c = cfg("/s.db", true);
+        c.fabric = "10.9.0.0/24".into();
+        c.pool = Some("192.168.0.0/16".into());
+        let lab = config::Instance::new("t1").unwrap();
+        let fabric = "10.9.0.0/24".parse().unwrap();
+        let (_, agents, r) = fabric::plan_routed(&lab, &fabric, 2, Routing::Bgp).unwrap();
+        c.agents = agents;
+        c.router = Some(r.clone());
+        c.topology = Topology::Routed;
+        assert_eq!(pool_flags(&c), ["--vxlan-mode", "Never", "--nat-outgoing"]);
+        assert_eq!(c.pool_gateway(), Some(r.ip_a));
+        let conf = router_bird_conf(&c, &r);
+        for want in [
+            "router id 10.9.0.2;",
+            "protocol bgp agent_1 {",
+            "local 10.9.0.2 as 64513;\n  neighbor 10.9.0.11 as 64512;",
+            "local 10.9.0.129 as 64513;\n  neighbor 10.9.0.140 as 64512;",
+            "import where net ~ [ 192.168.0.0/16+ ];",
+            "export where source = RTS_BGP;",
+        ] {
+            assert!(conf.contains(want), "no {want:?} in\n{conf}");
+        }
+        let mut v = c.clone();
+        v.router = Some(config::Router {
+            routing: Routing::Vxlan,
+            ..r
+        });
+        assert_eq!(pool_flags(&v), ["--vxlan-mode", "Always", "--nat-outgoing"]);
+        assert_eq!(v.pool_gateway(), Some(v.agents[0].ip));
+        let bird = Command::new(BIRD).arg("--version").output();
+        if bird.is_ok_and(|o| o.status.success()) {
+            let dir = std::env::temp_dir().join(format!("nmlab-bird-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join("bird.conf");
+            std::fs::write(&file, &conf).unwrap();
+            let out = Command::new(BIRD)
+                .arg("-p")
+                .arg("-c")
+                .arg(&file)
+                .output()
+                .unwrap();
+            let _ = std::fs::remove_dir_all(&dir);
+            assert!(
+                out.status.success(),
+                "bird -p: {}\n{conf}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     #[test]

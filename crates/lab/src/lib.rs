@@ -85,6 +85,17 @@ enum LabCmd {
         #[arg(long)]
         index: u32,
     },
+    /// The outside's web server (started by `lab up --topology routed`, in
+    /// the outside namespace).
+    #[command(hide = true)]
+    Outside {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+    /// `GET URL`, printing the body (the demo runs it inside a task's
+    /// network namespace).
+    #[command(hide = true)]
+    Fetch { url: String },
     /// Holds a task until the agent has isolated it, then execs it (internal).
     #[command(hide = true)]
     TaskShim(agent::shim::ShimArgs),
@@ -108,6 +119,8 @@ pub fn main(args: Vec<String>) -> i32 {
         LabCmd::Down => lab::down(),
         LabCmd::Master => master::run(),
         LabCmd::Agent { index } => agent::run(index),
+        LabCmd::Outside { listen } => lab::outside_server(listen),
+        LabCmd::Fetch { url } => demo::fetch(&url),
         LabCmd::TaskShim(args) => agent::shim::run(args),
     };
     report(result)

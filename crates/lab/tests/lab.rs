@@ -7,7 +7,8 @@
 //! and in netmod's endpoints, endpoints named after their task and app, a
 //! killed task restarted with its address released and its interface gone,
 //! bad Marathon input, bad `lab up` input, two labs side by side, the
-//! demo on etcd with its fourth scene (Calico policy on the running tasks,
+//! demo across a router (`--topology routed`, VXLAN and BGP), the demo on etcd with
+//! its fourth scene (Calico policy on the running tasks,
 //! checked from inside them and on the page, then deleted live), the
 //! `export NETMOD_STORE=…` line, tasks forging launches to the agents'
 //! control ports (nothing runs), and `lab down` leaving nothing.
@@ -710,6 +711,29 @@ fn lab_up_refuses_bad_input_and_builds_nothing() {
         refused(args, "overlaps the route");
         refused(args, flag);
     }
+    // Routing is for the routed topology, BGP needs netmod, and a routed
+    // fabric is split in two subnets.
+    refused(
+        &["up", "--fabric", &lab.fabric, "--routing", "bgp"],
+        "--routing bgp is for --topology routed",
+    );
+    refused(
+        &[
+            "up",
+            "--fabric",
+            &lab.fabric,
+            "--topology",
+            "routed",
+            "--routing",
+            "bgp",
+            "--no-isolator",
+        ],
+        "--routing bgp needs netmod",
+    );
+    refused(
+        &["up", "--fabric", "10.234.107.0/26", "--topology", "routed"],
+        "too small for --topology routed",
+    );
     // A port another program holds (this test holds it while it asks).
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port().to_string();
@@ -937,6 +961,192 @@ fn the_demo_story_on_etcd() {
         "no task restarted"
     );
     lab.down("stop-cluster.sh", None);
+    assert!(!has_route(DEMO_POOL));
+}
+
+/// `netmod demo --topology routed ...`, the lab kept when `keep`: its
+/// output, after asserting the whole story passed and the routed scene's
+/// extra checks (the outside answers every probe as its host's address)
+/// were printed.
+fn routed_demo(lab: &Lab, routing: &str, keep: bool) -> String {
+    let mut args = vec![
+        "demo",
+        "--name",
+        &lab.name,
+        "--fabric",
+        &lab.fabric,
+        "--topology",
+        "routed",
+        "--routing",
+        routing,
+    ];
+    if keep {
+        args.push("--keep");
+    }
+    let out = std::process::Command::new(netmod())
+        .args(&args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "demo {args:?} failed:\n{text}");
+    for line in [
+        "The fabric is routed",
+        "--topology routed",
+        "All four scenes match the story (the seed's three, then the policy).",
+        "Across the router: from each probe, http://198.51.100.1:80/",
+        "the outside sees each probe as its host's address (NAT), from 2 host(s)",
+        "C→D ✓ → ✗",
+        "No task restarted",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    // The outside saw probes of both agents, each as its own host.
+    let fabric: ipnet::Ipv4Net = lab.fabric.parse().unwrap();
+    let halves: Vec<ipnet::Ipv4Net> = fabric.subnets(fabric.prefix_len() + 1).unwrap().collect();
+    let (agent1, agent2) = (
+        format!("{}", ipnet_host(&halves[0], 11)),
+        format!("{}", ipnet_host(&halves[1], 12)),
+    );
+    for (n, ip) in [(1, &agent1), (2, &agent2)] {
+        let host = format!("{}-agent-{n} ", lab.name);
+        let seen = format!("→ {{\"server\":\"outside\",\"you\":\"{ip}\"}}");
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&host) && l.trim_end().ends_with(&seen)),
+            "no probe on {host}seen as {ip} in:\n{text}"
+        );
+    }
+    text
+}
+
+fn ipnet_host(net: &ipnet::Ipv4Net, n: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(net.network()) + n)
+}
+
+/// The IPv4 routes of a namespace (`ip -4 route`), one per line.
+fn routes_of(ns: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-4", "route", "show"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip -n {ns} route");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The demo across two subnets with VXLAN (`--topology routed`): agent 1 on
+/// the bridge's subnet, agent 2 behind a router namespace that holds no
+/// pool route, an outside web server beyond it. The whole story passes
+/// (the machine reads the collectors through agent 1, which hands its
+/// packets into the overlay), every probe reaches the outside as its host
+/// (NAT), and, kept: the router routes no pool address, the outside cannot
+/// reach a task, the tasks reach the outside from both subnets, and `lab
+/// down` removes the router, the outside and their routes too.
+#[test]
+fn the_demo_story_across_a_router_with_vxlan() {
+    requirements(false);
+    let _pool = demo_pool();
+    let mut lab = Lab::new("rv", "10.234.109.0/24");
+    let text = routed_demo(&lab, "vxlan", true);
+    assert!(
+        text.contains("no route into 192.168.0.0/16: the pool crossed it inside VXLAN"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pool: 192.168.0.0/16 (--vxlan-mode Always --nat-outgoing)"),
+        "{text}"
+    );
+    lab.adopt();
+    let cfg = lab.cfg().clone();
+    assert_eq!(cfg["topology"], "routed", "{cfg}");
+    let router = &cfg["router"];
+    assert_eq!(router["routing"], "vxlan", "{cfg}");
+    let (router_ns, outside_ns) = (
+        router["ns"].as_str().unwrap().to_string(),
+        router["outside_ns"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(router_ns, format!("{}-router", lab.name));
+    assert_eq!(outside_ns, format!("{}-outside", lab.name));
+    // Two subnets: agent 1 on the bridge's, agent 2 behind the router.
+    assert_eq!(
+        lab.agent_ip(&format!("{}-agent-1", lab.name)),
+        "10.234.109.11"
+    );
+    assert_eq!(
+        lab.agent_ip(&format!("{}-agent-2", lab.name)),
+        "10.234.109.140"
+    );
+    let agent2 = format!("{}-agent-2", lab.name);
+    assert!(
+        routes_of(&agent2)
+            .iter()
+            .any(|r| r.starts_with("default via 10.234.109.129 ")),
+        "{:?}",
+        routes_of(&agent2)
+    );
+    // The router knows the two subnets and the outside, and no pool.
+    let rr = routes_of(&router_ns);
+    assert_eq!(rr.len(), 3, "{rr:?}");
+    assert!(
+        rr.iter().all(|r| !r.starts_with("192.168.")),
+        "the router routes the pool: {rr:?}"
+    );
+    // The machine: the second subnet via the router, the pool via agent 1.
+    assert!(has_route("10.234.109.128/25"));
+    assert!(has_route(DEMO_POOL));
+    // The tasks of both subnets reach the outside; the outside reaches no task.
+    let iso = lab.wait_running("star-isolated", 5);
+    let mut hosts = BTreeSet::new();
+    for t in &iso {
+        let pid = task_pid(t["id"].as_str().unwrap());
+        assert!(
+            reaches(pid, "198.51.100.1", 80),
+            "{} does not reach the outside",
+            t["id"]
+        );
+        hosts.insert(t["host"].as_str().unwrap().to_string());
+        let ip = t["ipAddresses"][0]["ipAddress"].as_str().unwrap();
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &outside_ns, "curl", "-s", "-m", "2"])
+            .arg(format!("http://{ip}:9000/status"))
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "the outside reaches {ip}: no NAT inbound, no pool route"
+        );
+    }
+    assert_eq!(hosts.len(), 2, "{iso:?}");
+    lab.down("stop-cluster.sh", None);
+    assert!(!has_route(DEMO_POOL));
+    assert!(!has_route("10.234.109.128/25"));
+}
+
+/// The same across the router with BGP: every `netmod node --bgp`, the
+/// router runs BIRD and peers with each host; it holds exactly the hosts'
+/// blocks, learned by BGP, and the machine routes the pool to it.
+#[test]
+fn the_demo_story_across_a_router_with_bgp() {
+    requirements(false);
+    let _pool = demo_pool();
+    let lab = Lab::new("rb", "10.234.110.0/24");
+    let text = routed_demo(&lab, "bgp", false);
+    for line in [
+        "pool: 192.168.0.0/16 (--vxlan-mode Never --nat-outgoing)",
+        "bgp: every host peers with the router (10.234.110.2 and 10.234.110.129, AS 64513",
+        "route: 192.168.0.0/16 via 10.234.110.2 (the router, which learns every host's blocks)",
+        "each via its host: learned by BGP",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    // The demo took the lab down: nothing of it is left.
+    assert_eq!(lab.leftovers(None), Vec::<String>::new());
     assert!(!has_route(DEMO_POOL));
 }
 

@@ -364,6 +364,7 @@ impl Lab {
             }
             let if_prefix = links[0].trim_end_matches("-br0").to_string();
             links.push(format!("{if_prefix}-setcd"));
+            links.push(format!("{if_prefix}-rtr"));
         }
         let out = Command::new("ip").args(["-o", "link"]).output().unwrap();
         for l in String::from_utf8_lossy(&out.stdout).lines() {
