@@ -645,6 +645,7 @@ fn kernel(ns: &str) -> Kernel {
                 format!("{dst}/32")
             };
             let how = match r["gateway"].as_str() {
+                _ if r["type"] == "blackhole" => "blackhole".to_string(),
                 Some(gw) => format!("via {gw}"),
                 None => format!("dev {}", r["dev"].as_str().unwrap_or("?")),
             };
@@ -692,6 +693,12 @@ fn expected_kernel(r: &Records, host: &str) -> Kernel {
         }
     }
     let blocks = host_blocks(r);
+    // The host's own blocks are blackholed (their free addresses go nowhere).
+    for b in blocks.get(host).into_iter().flatten() {
+        if b.addr().is_ipv4() {
+            routes.insert((b.to_string(), "blackhole".to_string()));
+        }
+    }
     for (name, h) in &r.hosts {
         if name == host || !h.ip.is_ipv4() {
             continue;
