@@ -8,6 +8,7 @@ mod dataplane;
 mod etcd;
 mod lab;
 mod policy;
+mod routing;
 
 use netmod_ipam::{AllocRequest, Ipam};
 use netmod_model::AllocAttrs;
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
     about = "netmod's benchmarks, each against a baseline measured in the same run"
 )]
 pub struct BenchArgs {
-    /// Which benchmarks: ipam, dataplane, policy, cni, etcd, lab.
+    /// Which benchmarks: ipam, dataplane, policy, routing, cni, etcd, lab.
     #[arg(default_values_t = vec!["ipam".to_string()])]
     pub which: Vec<String>,
     /// Directory for the result files.
@@ -48,6 +49,15 @@ pub struct BenchArgs {
     /// policy: numbers of `netmod node` processes (fake hosts) for propagation.
     #[arg(long, value_delimiter = ',', default_values_t = vec![10, 100])]
     pub policy_hosts: Vec<usize>,
+    /// routing: seconds per iperf3 run (each path runs 2 with the table, 2 without).
+    #[arg(long, default_value_t = 5)]
+    pub routing_iperf_secs: u32,
+    /// routing: numbers of hosts (N-1 running, the N-th joining) for convergence.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![10, 100])]
+    pub routing_hosts: Vec<usize>,
+    /// routing: new hosts (and new endpoints) timed per number of hosts.
+    #[arg(long, default_value_t = 10)]
+    pub routing_rounds: usize,
     /// Ignored: every benchmark makes stores of its own (accepted because `netmod bench` hands on netmod's global --store).
     #[arg(long, hide = true)]
     pub store: Option<String>,
@@ -100,6 +110,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             "ipam" => ipam(&args)?,
             "dataplane" => dataplane::run(&args)?,
             "policy" => policy::run(&args)?,
+            "routing" => routing::run(&args)?,
             "cni" => cni::run(&args)?,
             "etcd" => etcd::run(&args)?,
             // The lab writes its own report (it prints as it goes).
@@ -114,7 +125,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             }
             other => {
                 return Err(BenchError::Other(format!(
-                    "unknown benchmark {other:?} (known: ipam, dataplane, policy, cni, etcd, lab)"
+                    "unknown benchmark {other:?} (known: ipam, dataplane, policy, routing, cni, etcd, lab)"
                 )))
             }
         };

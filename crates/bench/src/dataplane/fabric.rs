@@ -33,6 +33,14 @@ pub fn fabric_ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(FABRIC[0], FABRIC[1], FABRIC[2], last)
 }
 
+/// The second subnet's /24, behind the fabric namespace as a router (only
+/// with [`Fabric::second_subnet`]); its router address is `.254`.
+pub const SECOND: [u8; 3] = [10, 251, 1];
+
+pub fn second_ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(SECOND[0], SECOND[1], SECOND[2], last)
+}
+
 /// Runs a setup command (not timed) and returns its stdout.
 pub fn run_cmd(prog: &str, args: &[&str]) -> Result<String, BenchError> {
     let out = Command::new(prog)
@@ -171,20 +179,61 @@ impl Fabric {
 
     /// A new fake host called `name` (at most 15 bytes: it names its port on the bridge).
     pub fn host(&mut self, name: &str) -> Result<HostNs, BenchError> {
+        self.host_on(name, false)
+    }
+
+    /// The fabric namespace becomes a router between the first subnet and a
+    /// second one ([`SECOND`], on bridge `br1`): it forwards between them and
+    /// holds no route to any pool.
+    pub fn second_subnet(&mut self) -> Result<(), BenchError> {
+        let fab = self.fab.clone();
+        let gw = format!("{}/24", second_ip(254));
+        ip(&["-n", &fab, "link", "add", "br1", "type", "bridge"])?;
+        ip(&["-n", &fab, "addr", "add", &gw, "dev", "br1"])?;
+        ip(&["-n", &fab, "link", "set", "br1", "up"])?;
+        run_cmd(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &fab,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The fabric namespace's name (the router with [`Fabric::second_subnet`]).
+    pub fn fab_ns(&self) -> &str {
+        &self.fab
+    }
+
+    /// A new fake host on the first subnet, or (`second`) on the second one
+    /// behind the router; its default route goes through the fabric namespace.
+    pub fn host_on(&mut self, name: &str, second: bool) -> Result<HostNs, BenchError> {
+        if self.hosts >= 250 {
+            return Err(other("a fabric holds at most 250 fake hosts"));
+        }
         self.hosts += 1;
         let ns = format!("{}-{name}", self.prefix);
-        let addr = fabric_ip(self.hosts);
+        let (addr, gw, bridge) = if second {
+            (second_ip(self.hosts), second_ip(254), "br1")
+        } else {
+            (fabric_ip(self.hosts), fabric_ip(254), "br0")
+        };
         self.add_ns(&ns)?;
         let fab = self.fab.clone();
         ip(&[
             "-n", &fab, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", &ns,
         ])?;
-        ip(&["-n", &fab, "link", "set", name, "master", "br0", "up"])?;
+        ip(&["-n", &fab, "link", "set", name, "master", bridge, "up"])?;
         let cidr = format!("{addr}/24");
         ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        let gw = fabric_ip(254).to_string();
+        let gw = gw.to_string();
         ip(&["-n", &ns, "route", "add", "default", "via", &gw])?;
         Ok(HostNs {
             name: name.to_string(),
