@@ -66,4 +66,5 @@ bash scripts/package.sh
 
 echo "== cargo test"
 # Namespace-heavy tests share one machine: keep parallelism modest.
-cargo test --workspace -- --test-threads="${NETMOD_TEST_THREADS:-4}"
+# Every failing test binary is reported, not only the first.
+cargo test --workspace --no-fail-fast -- --test-threads="${NETMOD_TEST_THREADS:-4}"

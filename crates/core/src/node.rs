@@ -127,7 +127,11 @@ impl Metrics {
             "Elements in all netmod sets",
             m.elements.clone(),
         );
-        registry.register("routes", "Routes to other hosts", m.routes.clone());
+        registry.register(
+            "routes",
+            "Routes netmod keeps between hosts: to other hosts' blocks, and blackholes for its own",
+            m.routes.clone(),
+        );
         registry.register(
             "last_apply_seconds",
             "Duration of the last dataplane update",

@@ -383,7 +383,11 @@ fn metrics_and_uninstall() {
     };
     assert_eq!(value("netmod_endpoints"), 1.0);
     assert!(value("netmod_nft_sets") >= 6.0);
-    assert_eq!(value("netmod_routes"), 1.0, "one block on the other host");
+    assert_eq!(
+        value("netmod_routes"),
+        2.0,
+        "one block on the other host, and the blackhole of its own"
+    );
     assert!(value("netmod_applies_total") >= 1.0);
     let log = f.node_log("h1");
     assert_eq!(value("netmod_apply_errors_total"), 0.0, "node log:\n{log}");
