@@ -711,10 +711,21 @@ fn lab_up_refuses_bad_input_and_builds_nothing() {
         refused(args, "overlaps the route");
         refused(args, flag);
     }
+    // A pool of this test's own: the demo's (the default) may be routed by a
+    // lab test running beside this one, and would be refused first.
+    let own_pool = "10.237.107.0/24";
     // Routing is for the routed topology, BGP needs netmod, and a routed
     // fabric is split in two subnets.
     refused(
-        &["up", "--fabric", &lab.fabric, "--routing", "bgp"],
+        &[
+            "up",
+            "--fabric",
+            &lab.fabric,
+            "--pool",
+            own_pool,
+            "--routing",
+            "bgp",
+        ],
         "--routing bgp is for --topology routed",
     );
     refused(
@@ -722,6 +733,8 @@ fn lab_up_refuses_bad_input_and_builds_nothing() {
             "up",
             "--fabric",
             &lab.fabric,
+            "--pool",
+            own_pool,
             "--topology",
             "routed",
             "--routing",
@@ -731,15 +744,20 @@ fn lab_up_refuses_bad_input_and_builds_nothing() {
         "--routing bgp needs netmod",
     );
     refused(
-        &["up", "--fabric", "10.234.107.0/26", "--topology", "routed"],
+        &[
+            "up",
+            "--fabric",
+            "10.234.107.0/26",
+            "--pool",
+            own_pool,
+            "--topology",
+            "routed",
+        ],
         "too small for --topology routed",
     );
     // A port another program holds (this test holds it while it asks).
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port().to_string();
-    // A pool of this test's own: the demo's (the default) may be routed by a
-    // lab test running beside this one, and would be refused first.
-    let own_pool = "10.237.107.0/24";
     refused(
         &[
             "up",
