@@ -563,13 +563,10 @@ impl Node {
         });
         let mut vxlan_sources = plan.vxlan_sources.clone();
         // A remote host's own addresses may be inner sources too (traffic
-        // the host itself sends into the overlay).
-        for (name, h) in &hosts {
-            if name == &self.hostname {
-                continue;
-            }
-            if let (Some(vtep), Some(nets)) = (&h.vtep, vxlan_sources.get_mut(&h.ip)) {
-                let _ = vtep;
+        // the host itself sends into the overlay). The plan keys only remote
+        // hosts with a VTEP, by their address.
+        for h in hosts.values() {
+            if let Some(nets) = vxlan_sources.get_mut(&h.ip) {
                 nets.extend(std::iter::once(h.ip).chain(h.ipv6).map(IpNet::from));
             }
         }
